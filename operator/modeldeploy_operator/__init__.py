@@ -1,0 +1,1 @@
+"""The modeldeploy operator: turns ModelDeployment resources into serving workloads."""
