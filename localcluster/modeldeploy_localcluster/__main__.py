@@ -1,0 +1,3 @@
+from modeldeploy_localcluster.cli import main
+
+main()

@@ -1,0 +1,99 @@
+"""`modeldeploy-localcluster`: build, start and stop the local control plane from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from modeldeploy_localcluster.build import BuildError, ensure_binaries
+from modeldeploy_localcluster.cluster import ClusterError, ClusterState, LocalCluster, stop_components
+
+DEFAULT_DIR = Path(".localcluster")
+
+
+def _say(message: str) -> None:
+    print(f"[localcluster] {message}", file=sys.stderr, flush=True)
+
+
+def _wait_for_interrupt() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
+def _up(directory: Path, detach: bool) -> None:
+    state_file = directory / "state.json"
+    if state_file.exists():
+        _say(f"{state_file} exists: a cluster may still run there; `modeldeploy-localcluster down` first")
+        raise SystemExit(1)
+    cluster = LocalCluster(workdir=directory.resolve(), detach=detach, progress=_say)
+    cluster.start()
+    cluster.state().save()
+    print(f"export KUBECONFIG={cluster.kubeconfig}")
+    if detach:
+        _say("running in the background; stop it with `modeldeploy-localcluster down`")
+        return
+    _say("running; press Ctrl-C to stop")
+    try:
+        _wait_for_interrupt()
+    finally:
+        cluster.stop()
+        state_file.unlink(missing_ok=True)
+        _say("stopped")
+
+
+def _down(directory: Path) -> None:
+    state_file = directory / "state.json"
+    if not state_file.exists():
+        _say(f"no cluster state in {directory}")
+        return
+    state = ClusterState.load(directory)
+    stop_components(state.components, _say)
+    state_file.unlink()
+    _say(f"stopped {len(state.components)} components")
+
+
+def _demo(directory: Path) -> None:
+    cluster = LocalCluster(workdir=directory.resolve(), progress=_say)
+    with cluster:
+        _say("the control plane is up; nodes and system objects:")
+        print(cluster.kubectl("get", "nodes,namespaces,serviceaccounts", "-o", "wide"))
+        print(f"export KUBECONFIG={cluster.kubeconfig}")
+        _say("press Ctrl-C to stop")
+        _wait_for_interrupt()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="modeldeploy-localcluster", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("build", help="build (or find cached) etcd, Kubernetes, kwok and helm")
+    for name, text in (
+        ("up", "start a control plane and wait (Ctrl-C stops it)"),
+        ("down", "stop a control plane started with `up --detach`"),
+        ("demo", "start the control plane and show it (the product demo grows here)"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="work directory (default: %(default)s)")
+        if name == "up":
+            sub.add_argument("--detach", action="store_true", help="leave it running in the background")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "build":
+            binaries = ensure_binaries(_say)
+            for name, path in vars(binaries).items():
+                print(f"{name}: {path}")
+        elif args.command == "up":
+            _up(args.dir, args.detach)
+        elif args.command == "down":
+            _down(args.dir)
+        else:
+            _demo(args.dir)
+    except (BuildError, ClusterError) as error:
+        _say(f"error: {error}")
+        raise SystemExit(1) from error
