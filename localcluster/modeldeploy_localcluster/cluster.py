@@ -218,7 +218,9 @@ class LocalCluster:
         except BaseException:
             self.stop()
             raise
-        self._progress(f"control plane ready in {time.monotonic() - started:.1f}s; KUBECONFIG={self.kubeconfig}")
+        self._progress(
+            f"control plane ready in {time.monotonic() - started:.1f}s; KUBECONFIG={self.kubeconfig}"
+        )
 
     def stop(self) -> None:
         stop_components(self.components, self._progress)
@@ -353,9 +355,7 @@ class LocalCluster:
         )
 
     def _start_kwok(self) -> None:
-        stages = [
-            (self.binaries.kwok_module_dir / relative).read_text() for relative in KWOK_STAGE_FILES
-        ]
+        stages = [(self.binaries.kwok_module_dir / relative).read_text() for relative in KWOK_STAGE_FILES]
         config = self.workdir / "kwok-stages.yaml"
         config.write_text("\n---\n".join(stages))
         self._launch(

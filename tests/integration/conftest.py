@@ -4,10 +4,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from kube_helpers import exists, wait_until
 from lightkube import Client
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, ServiceAccount
+
+from kube_helpers import exists, wait_until
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from kube_helpers import exists, wait_until
 from lightkube import ApiError, Client
 from lightkube.models.apps_v1 import DeploymentSpec
 from lightkube.models.core_v1 import Container, PodSpec, PodTemplateSpec
@@ -16,6 +15,7 @@ from lightkube.models.meta_v1 import LabelSelector, ObjectMeta, OwnerReference
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import ConfigMap, Pod
 
+from kube_helpers import exists, wait_until
 from modeldeploy_localcluster.cluster import LocalCluster, process_alive
 
 pytestmark = pytest.mark.cluster
@@ -118,15 +118,13 @@ def _widget(name: str, namespace: str, low: int, high: int) -> str:
 
 def test_crd_cel_rule_rejects_a_bad_object_through_kubectl(cluster: LocalCluster, namespace: str) -> None:
     cluster.kubectl("apply", "-f", "-", input_text=WIDGET_CRD)
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/widgets.localcluster.test", "--timeout=60s"
-    )
+    cluster.kubectl("wait", "--for=condition=Established", "crd/widgets.localcluster.test", "--timeout=60s")
 
     cluster.kubectl("apply", "-f", "-", input_text=_widget("good", namespace, 1, 3))
     rejected = cluster.kubectl("apply", "-f", "-", input_text=_widget("bad", namespace, 5, 3), check=False)
 
     assert "spec.minReplicas must not exceed spec.maxReplicas" in rejected
-    assert "widgets.localcluster.test \"bad\" is invalid" in rejected
+    assert 'widgets.localcluster.test "bad" is invalid' in rejected
     assert "bad" not in cluster.kubectl("get", "widgets", "-n", namespace, "-o", "name")
 
 
