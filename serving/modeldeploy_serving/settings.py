@@ -1,0 +1,96 @@
+"""The server's configuration, read from `MODELDEPLOY_SERVER_*` environment variables.
+
+The operator imports this module to pin the variable names it sets, so it must stay
+importable without the ML libraries or the web framework.
+"""
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "MODELDEPLOY_SERVER_"
+
+
+class Variant(StrEnum):
+    """Which side of a rollout this server is."""
+
+    STABLE = "stable"
+    CANARY = "canary"
+
+
+class ModelFormat(StrEnum):
+    """How to read the artifact in the model directory."""
+
+    AUTO = "auto"
+    SKLEARN = "sklearn"
+    MLFLOW = "mlflow"
+
+
+class VersionMismatchPolicy(StrEnum):
+    """What to do when the artifact was saved with other library versions than the server has."""
+
+    REFUSE = "refuse"
+    WARN = "warn"
+
+
+class ServerSettings(BaseSettings):
+    """Everything `modeldeploy-server serve` needs; the operator sets these on the pod."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, protected_namespaces=())
+
+    model_name: str = Field(default="model", min_length=1)
+    """The ModelDeployment's name: the model name in URLs and the `model` label of every metric."""
+
+    model_version: str = ""
+    """A label for the model shown in metadata and metrics (the spec's `model.version`)."""
+
+    variant: Variant = Variant.STABLE
+    """Whether this pod serves the stable model or the canary."""
+
+    namespace: str = ""
+    """The ModelDeployment's namespace, for the `namespace` label of every metric."""
+
+    model_dir: Path = Path("/mnt/models")
+    """Where `modeldeploy-server fetch` put the artifact (a file or a directory)."""
+
+    model_format: ModelFormat = ModelFormat.AUTO
+    """The artifact's format; `auto` recognises MLflow model directories and file extensions."""
+
+    model_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    """If set, the server refuses to load an artifact with another digest."""
+
+    http_port: int = Field(default=8080, ge=1, le=65535)
+    """The port of the HTTP server (V1, V2 and /metrics)."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - a pod must accept traffic from its Service
+    """The address to bind."""
+
+    workers: int = Field(default=1, ge=1, le=64)
+    """Server processes sharing the port; each loads its own copy of the model."""
+
+    prediction_threads: int = Field(default=2, ge=1, le=64)
+    """Threads per worker that run predictions, so the event loop keeps serving meanwhile."""
+
+    batching_enabled: bool = False
+    """Merge concurrent requests that arrive within a short window into one `predict` call."""
+
+    batch_max_size: int = Field(default=32, ge=1, le=65536)
+    """The most rows a merged batch may hold."""
+
+    batch_window_ms: float = Field(default=2.0, ge=0, le=1000)
+    """How long the first request of a batch waits for others to join it."""
+
+    allow_pickle: bool = False
+    """Allow joblib/pickle artifacts. They can run arbitrary code when loaded: enable only for
+    artifacts from a trusted source. The safe default accepts skops files only."""
+
+    on_version_mismatch: VersionMismatchPolicy = VersionMismatchPolicy.REFUSE
+    """Refuse to serve (or only warn) when the artifact's scikit-learn version differs."""
+
+    max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    """Larger request bodies are answered with 413."""
+
+    graceful_shutdown_seconds: float = Field(default=25.0, ge=0)
+    """How long in-flight requests may take to finish after SIGTERM."""
