@@ -1,0 +1,788 @@
+"""The ModelDeployment resource (modeldeploy.io/v1alpha1) as typed models.
+
+These models are the single source of the CRD: `crdgen` turns their JSON schema
+into the structural OpenAPI schema, attribute docstrings become field
+descriptions, and each cross-field rule exists twice on purpose: as a CEL rule
+(`json_schema_extra`) that the API server enforces, and as a pydantic validator
+with the same message, so the operator and the unit tests reject exactly what
+the API server rejects.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from itertools import pairwise
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "DURATION_PATTERN",
+    "MODEL_URI_PATTERN",
+    "RESERVED_ENV_PREFIX",
+    "Analysis",
+    "Autoscaling",
+    "Batching",
+    "CanaryStatus",
+    "CheckResult",
+    "Condition",
+    "CustomCheck",
+    "EnvVar",
+    "ErrorRateCheck",
+    "GatewayParentRef",
+    "GatewayTraffic",
+    "HistoryEntry",
+    "IstioTraffic",
+    "LatencyCheck",
+    "ModelDeployment",
+    "ModelDeploymentSpec",
+    "ModelDeploymentStatus",
+    "ModelSource",
+    "ObjectMeta",
+    "PodDisruptionBudget",
+    "PredictionShiftCheck",
+    "Resources",
+    "Rollout",
+    "ServerSpec",
+    "StableModel",
+    "Traffic",
+    "parse_duration",
+]
+
+# Printable ASCII without the space ("!" to "~"): a URI never contains
+# whitespace, and a class without backslashes or quotes means the same regex
+# text works unchanged in Python, in the CRD and inside a CEL string literal.
+_URI_CHAR = "[!-~]"
+_DNS_SUBDOMAIN = "[a-z0-9]([-a-z0-9.]*[a-z0-9])?"
+MODEL_URI_PATTERN = (
+    "^("
+    f"/{_URI_CHAR}*"
+    f"|file:///{_URI_CHAR}*"
+    f"|pvc://{_DNS_SUBDOMAIN}(/{_URI_CHAR}*)?"
+    f"|https?://[-a-zA-Z0-9.:@_]+(/{_URI_CHAR}*)?"
+    f"|s3://[a-z0-9][-a-z0-9.]{{1,61}}[a-z0-9](/{_URI_CHAR}*)?"
+    f"|gs://[a-z0-9][-a-z0-9._]{{1,220}}[a-z0-9](/{_URI_CHAR}*)?"
+    "|models:/[-a-zA-Z0-9._]+(/[-a-zA-Z0-9._]+|@[-a-zA-Z0-9_]+)"
+    f"|runs:/[a-zA-Z0-9]+/{_URI_CHAR}+"
+    ")$"
+)
+MODEL_URI_HELP = (
+    "spec.model.uri must be an absolute path, file:///PATH, pvc://CLAIM/PATH, http(s)://HOST/PATH, "
+    "s3://BUCKET/KEY, gs://BUCKET/OBJECT, models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/PATH"
+)
+
+# Go's time.ParseDuration syntax without signs: "30s", "1m30s", "1.5h".
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"
+_SECONDS_PER_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
+
+# The model server reads its settings from variables with this prefix; letting
+# users set them too would let a manifest silently contradict the operator.
+RESERVED_ENV_PREFIX = "MODELDEPLOY_SERVER_"
+
+# Kubernetes' resource.Quantity syntax ("500m", "2Gi", "1e3"), as the API server checks it.
+_DECIMAL = r"(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+_QUANTITY_PATTERN = rf"^(\+|-)?{_DECIMAL}(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?{_DECIMAL}))?$"
+
+
+def parse_duration(text: str) -> timedelta:
+    """Convert a duration string validated by `DURATION_PATTERN` ("1m30s") to a timedelta."""
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise ValueError(f"not a duration like 30s, 5m or 1h30m: {text!r}")
+    seconds = sum(float(amount) * _SECONDS_PER_UNIT[unit] for amount, unit in _DURATION_PART.findall(text))
+    return timedelta(seconds=seconds)
+
+
+def _check_model_uri(uri: str) -> str:
+    if not re.fullmatch(MODEL_URI_PATTERN, uri):
+        raise ValueError(MODEL_URI_HELP)
+    return uri
+
+
+def _cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    validation = {"rule": rule, "message": message}
+    if field_path is not None:
+        validation["fieldPath"] = field_path
+    return validation
+
+
+def _validations(*rules: dict[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": list(rules)}
+
+
+Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=64)]
+Quantity = Annotated[
+    int | Annotated[str, Field(pattern=_QUANTITY_PATTERN)], Field(union_mode="left_to_right")
+]
+# A replica count or a percentage, as Kubernetes' IntOrString fields take it.
+IntOrPercent = Annotated[
+    int | Annotated[str, Field(pattern=r"^[0-9]{1,3}%$")], Field(union_mode="left_to_right")
+]
+ShortString = Annotated[str, Field(min_length=1, max_length=253)]
+# Scheduling objects are passed to the pod spec as they are; the API server
+# validates them there, so copying their schema here would only go stale.
+OpaqueObject = dict[str, Any]
+
+
+class CamelModel(BaseModel):
+    """Base for the resource's models: camelCase in YAML, snake_case in Python."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        frozen=True,
+    )
+
+
+class ModelSource(CamelModel):
+    """Where the model artifact comes from and how to load it."""
+
+    uri: Annotated[str, Field(min_length=1, max_length=2048), AfterValidator(_check_model_uri)] = Field(
+        json_schema_extra=_validations(_cel(f'self.matches("{MODEL_URI_PATTERN}")', MODEL_URI_HELP))
+    )
+    """Location of the artifact: an absolute path or file:/// URI inside the server image,
+    pvc://CLAIM/PATH, http(s)://, s3://, gs://, or an MLflow models:/NAME/VERSION, models:/NAME@ALIAS or
+    runs:/RUN_ID/PATH URI."""
+
+    format: Literal["auto", "sklearn", "mlflow"] = "auto"
+    """How the server loads the artifact; auto detects it from the artifact's files."""
+
+    version: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    """A label for this model (for example a release number), shown in status and in metrics."""
+
+    sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$")] | None = None
+    """Expected SHA-256 digest (64 lowercase hex digits) of the artifact; the server refuses any other."""
+
+
+class Resources(CamelModel):
+    """Compute resources of the model-server container."""
+
+    requests: dict[str, Quantity] = Field(default_factory=dict, json_schema_extra={"maxProperties": 32})
+    """Minimum resources, by name (cpu, memory, nvidia.com/gpu, ...)."""
+
+    limits: dict[str, Quantity] = Field(default_factory=dict, json_schema_extra={"maxProperties": 32})
+    """Maximum resources, by name; extended resources such as nvidia.com/gpu are passed through."""
+
+
+class EnvVar(CamelModel):
+    """An environment variable for the model server, for example credentials for s3:// or models:/."""
+
+    name: Annotated[str, Field(min_length=1, max_length=256, pattern="^[-._a-zA-Z][-._a-zA-Z0-9]*$")]
+    """Name of the variable."""
+
+    value: str | None = None
+    """Literal value."""
+
+    value_from: OpaqueObject | None = None
+    """Source of the value (secretKeyRef, configMapKeyRef, fieldRef, resourceFieldRef), as in a pod spec."""
+
+
+class Batching(CamelModel):
+    """Server-side batching of concurrent prediction requests."""
+
+    enabled: bool = False
+    """Whether the server groups concurrent requests into one prediction call."""
+
+    max_size: Annotated[int, Field(ge=1, le=4096)] = 32
+    """Largest number of requests in one batch."""
+
+    window_ms: Annotated[int, Field(ge=0, le=1000)] = 5
+    """How long, in milliseconds, the server waits for more requests before predicting."""
+
+
+def _env_names_not_reserved(env: list[EnvVar]) -> list[EnvVar]:
+    reserved = [item.name for item in env if item.name.startswith(RESERVED_ENV_PREFIX)]
+    if reserved:
+        raise ValueError(
+            f"spec.server.env must not set {RESERVED_ENV_PREFIX}* variables, the operator sets them"
+        )
+    if len({item.name for item in env}) != len(env):
+        raise ValueError("spec.server.env names must be unique")
+    return env
+
+
+class ServerSpec(CamelModel):
+    """The model-server pods."""
+
+    image: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    """Server image; the operator's default image when unset."""
+
+    resources: Resources = Field(default_factory=Resources)
+    """Resource requests and limits of the server container (GPU requests included)."""
+
+    env: Annotated[list[EnvVar], AfterValidator(_env_names_not_reserved)] = Field(
+        default_factory=list,
+        json_schema_extra={
+            "maxItems": 64,
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+            **_validations(
+                _cel(
+                    f"self.all(e, !e.name.startsWith('{RESERVED_ENV_PREFIX}'))",
+                    f"spec.server.env must not set {RESERVED_ENV_PREFIX}* variables, the operator sets them",
+                )
+            ),
+        },
+    )
+    """Extra environment variables for the fetch step and the server (credentials, MLflow tracking URI)."""
+
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    """Number of server worker processes per pod."""
+
+    batching: Batching = Field(default_factory=Batching)
+    """Server-side batching of prediction requests."""
+
+
+class Autoscaling(CamelModel):
+    """A HorizontalPodAutoscaler for the stable pods; it then owns their replica count."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "self.minReplicas <= self.maxReplicas",
+                "spec.autoscaling.minReplicas must be less than or equal to spec.autoscaling.maxReplicas",
+                ".minReplicas",
+            )
+        )
+    )
+
+    min_replicas: Annotated[int, Field(ge=1)] = 1
+    """Fewest replicas the autoscaler keeps."""
+
+    max_replicas: Annotated[int, Field(ge=1)]
+    """Most replicas the autoscaler creates."""
+
+    target_cpu_utilization_percentage: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=80, alias="targetCPUUtilizationPercentage"
+    )
+    """Average CPU use, as a percentage of the CPU request, that the autoscaler aims for."""
+
+    @model_validator(mode="after")
+    def _min_at_most_max(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                "spec.autoscaling.minReplicas must be less than or equal to spec.autoscaling.maxReplicas"
+            )
+        return self
+
+
+class PodDisruptionBudget(CamelModel):
+    """A PodDisruptionBudget for the stable pods; set exactly one of the two fields."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "has(self.minAvailable) != has(self.maxUnavailable)",
+                "spec.podDisruptionBudget must set exactly one of minAvailable and maxUnavailable",
+            )
+        )
+    )
+
+    min_available: IntOrPercent | None = None
+    """Pods (a number or a percentage like "50%") that must stay available during voluntary disruptions."""
+
+    max_unavailable: IntOrPercent | None = None
+    """Pods (a number or a percentage like "25%") that may be unavailable during voluntary disruptions."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PodDisruptionBudget:
+        if (self.min_available is None) == (self.max_unavailable is None):
+            raise ValueError(
+                "spec.podDisruptionBudget must set exactly one of minAvailable and maxUnavailable"
+            )
+        return self
+
+
+class GatewayParentRef(CamelModel):
+    """A Gateway API Gateway (or listener of one) that the HTTPRoute attaches to."""
+
+    name: ShortString
+    """Name of the Gateway."""
+
+    namespace: ShortString | None = None
+    """Namespace of the Gateway; the ModelDeployment's namespace when unset."""
+
+    section_name: ShortString | None = None
+    """Listener of the Gateway to attach to; all listeners when unset."""
+
+
+class GatewayTraffic(CamelModel):
+    """Settings of the gateway-api provider (an HTTPRoute with weighted backends)."""
+
+    parent_refs: list[GatewayParentRef] = Field(min_length=1, max_length=16)
+    """Gateways the HTTPRoute attaches to."""
+
+    hostnames: list[ShortString] = Field(default_factory=list, max_length=16)
+    """Host names the HTTPRoute matches; all host names of the Gateway when empty."""
+
+
+class IstioTraffic(CamelModel):
+    """Settings of the istio provider (a VirtualService with weighted routes)."""
+
+    gateways: list[ShortString] = Field(default_factory=list, max_length=16)
+    """Istio gateways the VirtualService applies to; the mesh only when empty."""
+
+    hosts: list[ShortString] = Field(default_factory=list, max_length=16)
+    """Host names the VirtualService matches; the entry Service's name when empty."""
+
+
+class Traffic(CamelModel):
+    """How requests are split between the stable and the canary model."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "self.provider != 'gateway-api' || has(self.gateway)",
+                "spec.traffic.gateway is required when spec.traffic.provider is gateway-api",
+                ".gateway",
+            ),
+            _cel(
+                "!has(self.gateway) || self.provider == 'gateway-api'",
+                "spec.traffic.gateway may only be set when spec.traffic.provider is gateway-api",
+                ".gateway",
+            ),
+            _cel(
+                "!has(self.istio) || self.provider == 'istio'",
+                "spec.traffic.istio may only be set when spec.traffic.provider is istio",
+                ".istio",
+            ),
+        )
+    )
+
+    provider: Literal["replicas", "gateway-api", "istio"] = "replicas"
+    """replicas: one Service over stable and canary pods, the weight approximated by replica counts;
+    gateway-api: an HTTPRoute with exact weights; istio: a VirtualService with exact weights."""
+
+    gateway: GatewayTraffic | None = None
+    """Settings of the gateway-api provider."""
+
+    istio: IstioTraffic | None = None
+    """Settings of the istio provider."""
+
+    @model_validator(mode="after")
+    def _provider_settings_match(self) -> Traffic:
+        if self.provider == "gateway-api" and self.gateway is None:
+            raise ValueError("spec.traffic.gateway is required when spec.traffic.provider is gateway-api")
+        if self.gateway is not None and self.provider != "gateway-api":
+            raise ValueError("spec.traffic.gateway may only be set when spec.traffic.provider is gateway-api")
+        if self.istio is not None and self.provider != "istio":
+            raise ValueError("spec.traffic.istio may only be set when spec.traffic.provider is istio")
+        return self
+
+
+class ErrorRateCheck(CamelModel):
+    """Compares the share of failed (5xx) requests of the canary with a bound and with the stable model."""
+
+    enabled: bool = True
+    """Whether this check runs."""
+
+    max_ratio: Annotated[float, Field(ge=0, le=1)] | None = 0.01
+    """Highest allowed share of failed requests (0.01 is 1%)."""
+
+    max_increase: Annotated[float, Field(ge=0, le=1)] | None = None
+    """Highest allowed excess of the canary's failed-request share over the stable model's (0.005 is half a
+    percentage point)."""
+
+
+class LatencyCheck(CamelModel):
+    """Compares a latency quantile of the canary with a bound and with the stable model."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "!self.enabled || has(self.maxSeconds) || has(self.maxIncreaseRatio)",
+                "spec.rollout.analysis.latency needs maxSeconds or maxIncreaseRatio when enabled",
+            )
+        )
+    )
+
+    enabled: bool = True
+    """Whether this check runs."""
+
+    quantile: Annotated[float, Field(gt=0, lt=1)] = 0.99
+    """Latency quantile compared, for example 0.99."""
+
+    max_seconds: Annotated[float, Field(gt=0)] | None = None
+    """Highest allowed latency at the quantile, in seconds."""
+
+    max_increase_ratio: Annotated[float, Field(ge=1)] | None = 1.5
+    """Highest allowed ratio of the canary's latency to the stable model's at the quantile."""
+
+    @model_validator(mode="after")
+    def _has_a_bound(self) -> LatencyCheck:
+        if self.enabled and self.max_seconds is None and self.max_increase_ratio is None:
+            raise ValueError(
+                "spec.rollout.analysis.latency needs maxSeconds or maxIncreaseRatio when enabled"
+            )
+        return self
+
+
+class PredictionShiftCheck(CamelModel):
+    """Compares the distribution of the canary's predictions with the stable model's."""
+
+    enabled: bool = True
+    """Whether this check runs."""
+
+    max_shift: Annotated[float, Field(gt=0)] = 0.2
+    """Highest allowed population stability index between the two prediction distributions."""
+
+
+class CustomCheck(CamelModel):
+    """A PromQL query whose result must stay within bounds. The query may use {{name}}, {{namespace}},
+    {{variant}} and {{window}}, which the operator fills in for each evaluation."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "has(self.min) || has(self.max)",
+                "spec.rollout.analysis.custom[].min or max must be set",
+            ),
+            _cel(
+                "!has(self.min) || !has(self.max) || self.min <= self.max",
+                "spec.rollout.analysis.custom[].min must be less than or equal to max",
+                ".min",
+            ),
+        )
+    )
+
+    name: Annotated[str, Field(pattern="^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
+    """Name of the check, shown in status."""
+
+    query: Annotated[str, Field(min_length=1, max_length=4096)]
+    """PromQL query returning one number."""
+
+    min: float | None = None
+    """Lowest passing value."""
+
+    max: float | None = None
+    """Highest passing value."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> CustomCheck:
+        if self.min is None and self.max is None:
+            raise ValueError("spec.rollout.analysis.custom[].min or max must be set")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("spec.rollout.analysis.custom[].min must be less than or equal to max")
+        return self
+
+
+def _custom_names_unique(checks: list[CustomCheck]) -> list[CustomCheck]:
+    if len({check.name for check in checks}) != len(checks):
+        raise ValueError("spec.rollout.analysis.custom names must be unique")
+    return checks
+
+
+class Analysis(CamelModel):
+    """How each rollout step is judged, from the servers' own Prometheus metrics."""
+
+    prometheus_address: Annotated[str, Field(pattern="^https?://[!-~]+$", max_length=2048)] | None = None
+    """Base URL of the Prometheus HTTP API; the operator's default when unset."""
+
+    min_samples: Annotated[int, Field(ge=1)] = 50
+    """Fewest requests each variant must serve in a step before its checks give a verdict."""
+
+    error_rate: ErrorRateCheck = Field(default_factory=ErrorRateCheck)
+    """Built-in check of failed requests."""
+
+    latency: LatencyCheck = Field(default_factory=LatencyCheck)
+    """Built-in check of request latency."""
+
+    prediction_shift: PredictionShiftCheck = Field(default_factory=PredictionShiftCheck)
+    """Built-in check of the prediction distribution."""
+
+    custom: Annotated[list[CustomCheck], AfterValidator(_custom_names_unique)] = Field(
+        default_factory=list,
+        json_schema_extra={
+            "maxItems": 16,
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+        },
+    )
+    """Extra checks written in PromQL."""
+
+    on_no_data: Literal["hold", "fail"] = "hold"
+    """What a step without enough data means: hold keeps the step going (until inconclusiveLimit or
+    progressDeadline), fail counts it as a failed check. No data never promotes."""
+
+
+def _strictly_increasing(steps: list[int]) -> list[int]:
+    if any(later <= earlier for earlier, later in pairwise(steps)):
+        raise ValueError("spec.rollout.steps must be strictly increasing")
+    return steps
+
+
+class Rollout(CamelModel):
+    """How a new model replaces the stable one: traffic steps, each judged by analysis."""
+
+    steps: Annotated[list[Annotated[int, Field(ge=1, le=99)]], AfterValidator(_strictly_increasing)] = Field(
+        default=[10, 50],
+        min_length=1,
+        max_length=20,
+        json_schema_extra=_validations(
+            _cel(
+                "self.isSorted() && self.all(w, self.indexOf(w) == self.lastIndexOf(w))",
+                "spec.rollout.steps must be strictly increasing",
+            )
+        ),
+    )
+    """Percentages of traffic (1 to 99, strictly increasing) the canary receives, one step after another,
+    before it is promoted to 100%."""
+
+    step_duration: Duration = "5m"
+    """How long each step lasts; its analysis covers this window."""
+
+    analysis: Analysis = Field(default_factory=Analysis)
+    """How each step is judged."""
+
+    failure_limit: Annotated[int, Field(ge=0)] = 0
+    """Failed steps tolerated before the rollout is rolled back; 0 rolls back at the first failure."""
+
+    inconclusive_limit: Annotated[int, Field(ge=0)] = 3
+    """Steps in a row without a verdict (too little data, Prometheus unreachable) tolerated before the
+    rollout is rolled back."""
+
+    progress_deadline: Duration = "30m"
+    """Longest time one step may run without a verdict before the rollout is rolled back."""
+
+
+class ModelDeploymentSpec(CamelModel):
+    """Desired state: which model to serve, how, and how to roll out a new one."""
+
+    model: ModelSource
+    """The model to serve; changing it starts a rollout."""
+
+    replicas: Annotated[int, Field(ge=0)] = 1
+    """Number of stable server pods; the autoscaler's starting point when autoscaling is set."""
+
+    server: ServerSpec = Field(default_factory=ServerSpec)
+    """The model-server pods."""
+
+    autoscaling: Autoscaling | None = None
+    """Scale the stable pods with a HorizontalPodAutoscaler instead of replicas."""
+
+    pod_disruption_budget: PodDisruptionBudget | None = None
+    """Protect the stable pods with a PodDisruptionBudget."""
+
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(default_factory=dict)
+    """Node labels the server pods must be scheduled on, as in a pod spec."""
+
+    tolerations: list[OpaqueObject] = Field(default_factory=list, max_length=64)
+    """Tolerations of the server pods, as in a pod spec."""
+
+    affinity: OpaqueObject | None = None
+    """Affinity of the server pods, as in a pod spec."""
+
+    progress_deadline: Duration = "10m"
+    """How long server pods may take to become ready after a change before the ModelDeployment is
+    reported Stalled."""
+
+    traffic: Traffic = Field(default_factory=Traffic)
+    """How requests are split between the stable and the canary model."""
+
+    rollout: Rollout = Field(default_factory=Rollout)
+    """How a new model replaces the stable one."""
+
+
+class Condition(CamelModel):
+    """A condition in the Kubernetes convention (kstatus: Ready, Progressing, Stalled)."""
+
+    type: Annotated[str, Field(max_length=64)]
+    """Kind of condition."""
+
+    status: Literal["True", "False", "Unknown"]
+    """Whether the condition holds."""
+
+    reason: Annotated[str, Field(max_length=128)]
+    """Why, as one CamelCase word."""
+
+    message: Annotated[str, Field(max_length=4096)] = ""
+    """Why, for people."""
+
+    last_transition_time: datetime
+    """When the status last changed."""
+
+    observed_generation: Annotated[int, Field(ge=0)]
+    """The resource generation this condition describes."""
+
+
+class StableModel(CamelModel):
+    """The model that serves all traffic outside of a rollout."""
+
+    uri: str
+    """Location of the artifact."""
+
+    version: str | None = None
+    """Version label of the model."""
+
+    digest: str | None = None
+    """SHA-256 digest of the artifact, when known."""
+
+    since: datetime
+    """When this model became the stable one."""
+
+
+class CheckResult(CamelModel):
+    """The last evaluation of one analysis check."""
+
+    name: str
+    """Name of the check (errorRate, latency, predictionShift or a custom check)."""
+
+    query: str = ""
+    """The PromQL query as it was sent."""
+
+    value: float | None = None
+    """The canary's value; unset when there was no data."""
+
+    baseline: float | None = None
+    """The stable model's value over the same window, where the check compares."""
+
+    samples: float | None = None
+    """Requests the canary served in the window."""
+
+    verdict: Literal["pass", "fail", "inconclusive"]
+    """Outcome of the check."""
+
+    message: str = ""
+    """Why, for people."""
+
+
+class CanaryStatus(CamelModel):
+    """The rollout in progress."""
+
+    uri: str
+    """Location of the canary artifact."""
+
+    version: str | None = None
+    """Version label of the canary model."""
+
+    revision: str
+    """Hash of the canary model, to tell whether the spec still asks for this rollout."""
+
+    weight: Annotated[int, Field(ge=0, le=100)]
+    """Percentage of traffic the canary receives."""
+
+    step: Annotated[int, Field(ge=0)]
+    """Index of the current step in spec.rollout.steps."""
+
+    step_started_at: datetime
+    """When the current step began."""
+
+    failures: Annotated[int, Field(ge=0)] = 0
+    """Failed steps so far."""
+
+    inconclusive: Annotated[int, Field(ge=0)] = 0
+    """Steps in a row without a verdict."""
+
+    checks: list[CheckResult] = Field(default_factory=list, max_length=32)
+    """The last result of each check."""
+
+
+class HistoryEntry(CamelModel):
+    """A finished rollout."""
+
+    uri: str
+    """Location of the model rolled out."""
+
+    version: str | None = None
+    """Version label of the model rolled out."""
+
+    outcome: Literal["promoted", "rolledBack", "aborted", "superseded"]
+    """How the rollout ended."""
+
+    started_at: datetime
+    """When the rollout began."""
+
+    finished_at: datetime
+    """When the rollout ended."""
+
+    message: str = ""
+    """Why it ended so, for people."""
+
+
+class ModelDeploymentStatus(CamelModel):
+    """Observed state, written only by the operator."""
+
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The resource generation this status describes."""
+
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    """Ready, Progressing and Stalled, in the kstatus conventions."""
+
+    phase: Literal["Pending", "Progressing", "Ready", "Stalled", "Failed"] | None = None
+    """One-word summary of the conditions."""
+
+    stable: StableModel | None = None
+    """The model serving outside of a rollout."""
+
+    canary: CanaryStatus | None = None
+    """The rollout in progress, if any."""
+
+    history: list[HistoryEntry] = Field(default_factory=list, max_length=10)
+    """The latest finished rollouts, newest first."""
+
+    url: str | None = None
+    """In-cluster URL of the entry Service."""
+
+    replicas: Annotated[int, Field(ge=0)] | None = None
+    """Server pods that exist (for the scale subresource)."""
+
+    ready_replicas: Annotated[int, Field(ge=0)] | None = None
+    """Server pods that are ready."""
+
+    selector: str | None = None
+    """Label selector of the server pods (for the scale subresource)."""
+
+
+METADATA_NAME_PATTERN = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
+METADATA_NAME_MAX_LENGTH = 56
+METADATA_NAME_MESSAGE = (
+    f"metadata.name must be at most {METADATA_NAME_MAX_LENGTH} characters, start with a lowercase letter and "
+    "contain only lowercase letters, digits and '-', because child objects append -canary to it"
+)
+
+
+def _check_name(name: str) -> str:
+    if len(name) > METADATA_NAME_MAX_LENGTH or not re.fullmatch(METADATA_NAME_PATTERN, name):
+        raise ValueError(METADATA_NAME_MESSAGE)
+    return name
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metadata the operator reads; the rest is kept as it is."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: Annotated[str, AfterValidator(_check_name)]
+    """Name of the ModelDeployment; Service names must be DNS-1035 labels of at most 63 characters."""
+
+    namespace: str | None = None
+    """Namespace of the ModelDeployment."""
+
+
+class ModelDeployment(CamelModel):
+    """A whole ModelDeployment manifest, as kubectl applies it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_version: Literal["modeldeploy.io/v1alpha1"]
+    """API version of the resource."""
+
+    kind: Literal["ModelDeployment"]
+    """Kind of the resource."""
+
+    metadata: ObjectMeta
+    """Standard object metadata."""
+
+    spec: ModelDeploymentSpec
+    """Desired state."""
+
+    status: ModelDeploymentStatus | None = None
+    """Observed state."""
