@@ -615,6 +615,9 @@ class StableModel(CamelModel):
     uri: str
     """Location of the artifact."""
 
+    format: Literal["auto", "sklearn", "mlflow"] = "auto"
+    """How the server loads the artifact."""
+
     version: str | None = None
     """Version label of the model."""
 
