@@ -94,8 +94,7 @@ def _run_logged(
         def heartbeat() -> None:
             while not finished.wait(HEARTBEAT_SECONDS):
                 elapsed = int(time.monotonic() - started)
-                lines = sum(1 for _ in log_path.open(errors="replace"))
-                progress(f"{step}: still building, {elapsed // 60}m{elapsed % 60:02d}s, {lines} log lines")
+                progress(f"{step}: still building, {elapsed // 60}m{elapsed % 60:02d}s so far")
 
         ticker = threading.Thread(target=heartbeat, daemon=True)
         ticker.start()
@@ -255,6 +254,7 @@ def _ensure_part(part: _Part, progress: Progress) -> Path:
                 raise BuildError(f"{part.name} build finished without {missing}; log: {log}")
             shutil.rmtree(target, ignore_errors=True)
             target.parent.mkdir(parents=True, exist_ok=True)
+            staging.chmod(0o755)
             staging.rename(target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

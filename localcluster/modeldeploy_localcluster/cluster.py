@@ -53,9 +53,32 @@ def free_port() -> int:
 
 
 def _die_with_parent() -> None:
-    """Runs in the child before exec: if the test process dies, the kernel ends the component too."""
+    """Runs in the child before exec: if the test process dies, the kernel kills the component too.
+
+    SIGKILL rather than SIGTERM: a kube-apiserver whose etcd is gone takes long to shut down
+    gracefully, and a test cluster's state is disposable.
+    """
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+WORKDIR_PREFIX = "modeldeploy-cluster-"
+OWNER_FILE = "owner.pid"
+
+
+def remove_abandoned_workdirs(parent: Path) -> list[Path]:
+    """Deletes work directories left by test processes that were killed before they could clean up."""
+    removed = []
+    for workdir in parent.glob(f"{WORKDIR_PREFIX}*"):
+        owner = workdir / OWNER_FILE
+        try:
+            pid = int(owner.read_text())
+        except (OSError, ValueError):
+            continue
+        if not process_alive(pid):
+            shutil.rmtree(workdir, ignore_errors=True)
+            removed.append(workdir)
+    return removed
 
 
 @dataclass
@@ -178,7 +201,11 @@ class LocalCluster:
         self._progress: Progress = progress or (lambda message: None)
         self.binaries = binaries or ensure_binaries(self._progress)
         self._owns_workdir = workdir is None
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="modeldeploy-cluster-"))
+        if workdir is None:
+            remove_abandoned_workdirs(Path(tempfile.gettempdir()))
+            workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+            (workdir / OWNER_FILE).write_text(str(os.getpid()))
+        self.workdir = workdir
         self.detach = detach
         self.components: list[Component] = []
         self._processes: dict[str, subprocess.Popen[bytes]] = {}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import ConfigMap, Pod
 
 from kube_helpers import exists, wait_until
-from modeldeploy_localcluster.cluster import LocalCluster, process_alive
+from modeldeploy_localcluster.cluster import LocalCluster, process_alive, remove_abandoned_workdirs
 
 pytestmark = pytest.mark.cluster
 
@@ -124,7 +126,7 @@ def test_crd_cel_rule_rejects_a_bad_object_through_kubectl(cluster: LocalCluster
     rejected = cluster.kubectl("apply", "-f", "-", input_text=_widget("bad", namespace, 5, 3), check=False)
 
     assert "spec.minReplicas must not exceed spec.maxReplicas" in rejected
-    assert 'widgets.localcluster.test "bad" is invalid' in rejected
+    assert 'The Widget "bad" is invalid: spec:' in rejected
     assert "bad" not in cluster.kubectl("get", "widgets", "-n", namespace, "-o", "name")
 
 
@@ -171,3 +173,33 @@ def test_starting_and_stopping_twice_leaves_no_process_or_port(tmp_path: Path) -
         listening = [port for port in ports if _port_is_listening(port)]
         assert leftovers == []
         assert listening == []
+
+
+STARTS_A_CLUSTER_AND_HANGS = """
+import json, sys, time
+from modeldeploy_localcluster.cluster import LocalCluster
+cluster = LocalCluster()
+cluster.start()
+print(json.dumps({"pids": [c.pid for c in cluster.components], "workdir": str(cluster.workdir)}), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_test_process_takes_its_cluster_along() -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-c", STARTS_A_CLUSTER_AND_HANGS], stdout=subprocess.PIPE, text=True
+    )
+    assert owner.stdout is not None
+    started = json.loads(owner.stdout.readline())
+    assert all(process_alive(pid) for pid in started["pids"])
+
+    owner.kill()
+    owner.wait()
+
+    wait_until(
+        lambda: not any(process_alive(pid) for pid in started["pids"]),
+        "the components of a killed owner to exit",
+        timeout=15,
+    )
+    # The next cluster sweeps the work directory the killed process could not remove.
+    assert Path(started["workdir"]) in remove_abandoned_workdirs(Path(started["workdir"]).parent)
