@@ -1,0 +1,179 @@
+"""Conversion between protocol tensors (JSON) and numpy arrays, with the validation that keeps
+bad input a client error. Pure functions: no HTTP, no model."""
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from modeldeploy_serving.errors import InvalidInput
+
+# The Open Inference Protocol's tensor datatypes and the numpy dtypes that hold them.
+V2_DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
+}
+
+# Which kinds of JSON values (as numpy infers them) each datatype accepts. Integers are fine for
+# floating-point tensors; floats are not silently truncated into integer tensors.
+_ACCEPTED_KINDS = {
+    "b": {"b"},
+    "u": {"u", "i"},
+    "i": {"u", "i"},
+    "f": {"u", "i", "f"},
+}
+
+
+def decode_tensor(name: str, datatype: str, shape: Sequence[int], data: Any) -> npt.NDArray[Any]:
+    """Turn one V2 request tensor into an array of `shape` and `datatype`.
+
+    `data` may be nested in the tensor's natural shape or flattened in row-major order.
+    """
+    dtype = V2_DATATYPES.get(datatype)
+    if dtype is None:
+        raise InvalidInput(
+            f"input '{name}': unknown datatype '{datatype}'; expected one of {', '.join(V2_DATATYPES)}"
+        )
+    if any(dim < 0 for dim in shape):
+        raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
+    if not isinstance(data, list):
+        raise InvalidInput(f"input '{name}': data must be a JSON array")
+    expected_size = math.prod(shape)
+    is_bytes = datatype == "BYTES"
+    array = _decode_bytes(name, data) if is_bytes else _decode_numbers(name, datatype, dtype, data)
+    if tuple(array.shape) != tuple(shape):
+        if array.ndim != 1 or array.size != expected_size:
+            raise InvalidInput(
+                f"input '{name}': data has shape {list(array.shape)} ({array.size} elements) "
+                f"but the declared shape {list(shape)} needs {expected_size} elements"
+            )
+        array = array.reshape(tuple(shape))
+    return array
+
+
+def _decode_numbers(name: str, datatype: str, dtype: np.dtype[Any], data: list[Any]) -> npt.NDArray[Any]:
+    try:
+        inferred = np.asarray(data)
+    except (ValueError, OverflowError) as error:
+        raise InvalidInput(f"input '{name}': data is ragged or not numeric ({error})") from None
+    if inferred.size == 0:
+        return inferred.astype(dtype)
+    if inferred.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
+        raise InvalidInput(
+            f"input '{name}': datatype {datatype} needs {_describe_kind(dtype.kind)} values, "
+            f"got {_describe_kind(inferred.dtype.kind)}"
+        )
+    if dtype.kind in "ui":
+        limits = np.iinfo(dtype)
+        if int(inferred.min()) < limits.min or int(inferred.max()) > limits.max:
+            raise InvalidInput(f"input '{name}': a value is out of range for {datatype}")
+    elif dtype.kind == "f" and inferred.dtype.kind == "f" and dtype.itemsize < 8:
+        finite = inferred[np.isfinite(inferred)]
+        if finite.size and float(np.abs(finite).max()) > float(np.finfo(dtype).max):
+            raise InvalidInput(f"input '{name}': a value is out of range for {datatype}")
+    return inferred.astype(dtype)
+
+
+def _decode_bytes(name: str, data: list[Any]) -> npt.NDArray[Any]:
+    try:
+        inferred = np.asarray(data, dtype=object)
+    except ValueError as error:
+        raise InvalidInput(f"input '{name}': data is ragged ({error})") from None
+    flat = inferred.reshape(-1) if inferred.size else inferred
+    if any(not isinstance(item, str) for item in flat):
+        raise InvalidInput(f"input '{name}': datatype BYTES needs string values")
+    return inferred
+
+
+def _describe_kind(kind: str) -> str:
+    return {
+        "b": "boolean",
+        "u": "integer",
+        "i": "integer",
+        "f": "numeric",
+        "U": "string",
+        "O": "mixed or null",
+    }.get(kind, kind)
+
+
+def datatype_of(array: npt.NDArray[Any]) -> str:
+    """The V2 datatype that represents `array`'s elements."""
+    for datatype, dtype in V2_DATATYPES.items():
+        if dtype == array.dtype and datatype != "BYTES":
+            return datatype
+    if array.dtype.kind in "USO":
+        return "BYTES"
+    raise ValueError(f"no V2 datatype for numpy dtype {array.dtype}")
+
+
+def encode_tensor(name: str, array: npt.NDArray[Any]) -> dict[str, Any]:
+    """A V2 response tensor: the array's shape, datatype and row-major flattened data."""
+    datatype = datatype_of(array)
+    flat = array.reshape(-1)
+    data = [str(item) for item in flat] if datatype == "BYTES" else flat.tolist()
+    return {"name": name, "shape": list(array.shape), "datatype": datatype, "data": data}
+
+
+def json_values(array: npt.NDArray[Any]) -> list[Any]:
+    """The array as nested JSON-ready lists (strings for non-numeric elements)."""
+    if array.dtype.kind in "USO" and array.size:
+        array = np.vectorize(str, otypes=[object])(array)
+    result: list[Any] = array.tolist()
+    return result
+
+
+def rows_from_columns(columns: Sequence[tuple[str, npt.NDArray[Any]]]) -> npt.NDArray[Any]:
+    """Stack several 1-D (or [N, 1]) input tensors, one per feature, into an [N, F] matrix."""
+    flattened = []
+    for name, column in columns:
+        if column.ndim == 2 and column.shape[1] == 1:
+            column = column[:, 0]
+        if column.ndim != 1:
+            raise InvalidInput(
+                f"input '{name}': with several inputs each must be one feature column of shape [N] "
+                f"or [N, 1], got {list(column.shape)}"
+            )
+        flattened.append(column)
+    lengths = {len(column) for column in flattened}
+    if len(lengths) > 1:
+        raise InvalidInput(f"inputs have different numbers of rows: {sorted(lengths)}")
+    if len({column.dtype.kind for column in flattened}) > 1:
+        return np.column_stack([column.astype(object) for column in flattened])
+    return np.column_stack(flattened)
+
+
+def rows_from_instances(instances: Any) -> npt.NDArray[Any]:
+    """The V1 `instances` (or `inputs`) list as an [N, F] matrix: one list of features per row."""
+    if not isinstance(instances, list) or not instances:
+        raise InvalidInput("'instances' must be a non-empty JSON array of rows")
+    if not all(isinstance(row, list) for row in instances):
+        raise InvalidInput("each instance must be a JSON array of feature values")
+    widths = {len(row) for row in instances}
+    if len(widths) > 1:
+        raise InvalidInput(f"instances have different numbers of features: {sorted(widths)}")
+    try:
+        array = np.asarray(instances)
+    except (ValueError, OverflowError) as error:
+        raise InvalidInput(f"instances are not a matrix of scalar values ({error})") from None
+    if array.ndim != 2:
+        raise InvalidInput("each instance must be a flat array of scalar feature values")
+    if array.dtype.kind not in "biufU" and not all(_is_scalar(item) for item in array.reshape(-1)):
+        raise InvalidInput("instances may only hold numbers, booleans and strings")
+    return array
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (bool, int, float, str))

@@ -1,0 +1,279 @@
+"""The transport-agnostic data plane: health, metadata and inference for the one served model.
+
+The HTTP layer only translates requests and responses; everything a protocol means is here, so
+it is tested directly, without a server.
+"""
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from modeldeploy_serving import codec
+from modeldeploy_serving.batching import AdaptiveBatcher, Outputs
+from modeldeploy_serving.errors import InvalidInput, ModelNotFound, ModelNotReady
+from modeldeploy_serving.loading import LoadedArtifact, load_artifact
+from modeldeploy_serving.metrics import ServerMetrics
+from modeldeploy_serving.model import OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA, Model, TensorSpec
+from modeldeploy_serving.protocol import InferenceRequest, V1PredictRequest
+from modeldeploy_serving.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+SERVER_NAME = "modeldeploy"
+SERVER_VERSION = "0.1.0"
+
+
+class DataPlane:
+    """Serves one model under the name and version from the settings."""
+
+    def __init__(self, settings: ServerSettings, metrics: ServerMetrics | None = None) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._model: Model | None = None
+        self._artifact: LoadedArtifact | None = None
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.prediction_threads, thread_name_prefix="predict"
+        )
+        self._batcher: AdaptiveBatcher | None = None
+        self._in_flight = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load the artifact and run a warm-up prediction; the model is ready only afterwards."""
+        started = time.perf_counter()
+        settings = self._settings
+        artifact = load_artifact(
+            settings.model_dir,
+            settings.model_format,
+            settings.model_sha256,
+            settings.allow_pickle,
+            settings.on_version_mismatch,
+        )
+        self.serve_model(artifact.model)
+        self._artifact = artifact
+        seconds = time.perf_counter() - started
+        if self._metrics is not None:
+            self._metrics.observe_model_loaded(seconds, artifact.digest, artifact.format)
+        logger.info(
+            "Loaded model %s (%s, sha256 %s) in %.2fs",
+            *(settings.model_name, artifact.format, artifact.digest, seconds),
+        )
+
+    def serve_model(self, model: Model) -> None:
+        """Warm `model` up and serve it (also how tests serve a model without an artifact)."""
+        rows = model.warm_up_rows()
+        if rows is None:
+            logger.warning("The model does not say how many features it takes: serving it without a warm-up")
+        else:
+            model.predict(rows, model.default_outputs)
+        self._model = model
+
+    async def start(self) -> None:
+        """Start the batcher, if enabled, on the running event loop."""
+        if self._settings.batching_enabled:
+            self._batcher = AdaptiveBatcher(
+                predict=self._predict_now,
+                run_in_thread=self._run_in_thread,
+                max_rows=self._settings.batch_max_size,
+                window_seconds=self._settings.batch_window_ms / 1000,
+                consumers=self._settings.prediction_threads,
+                in_flight=lambda: self._in_flight,
+            )
+            self._batcher.start()
+
+    async def stop(self) -> None:
+        """Stop the batcher and the prediction threads once in-flight work has finished."""
+        if self._batcher is not None:
+            await self._batcher.stop()
+        self._executor.shutdown(wait=True)
+
+    @property
+    def batcher(self) -> AdaptiveBatcher | None:
+        """The batcher when batching is enabled and started."""
+        return self._batcher
+
+    # --- health and metadata -----------------------------------------------------------------
+
+    def live(self) -> bool:
+        """The process can answer requests."""
+        return True
+
+    def ready(self) -> bool:
+        """The model is loaded and its warm-up prediction passed."""
+        return self._model is not None
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        """Whether the named model is ready; ModelNotFound for a model this server lacks."""
+        self._check_name(name, version)
+        return self.ready()
+
+    def server_metadata(self) -> dict[str, Any]:
+        """The V2 server metadata object."""
+        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []}
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """The V2 model metadata object."""
+        model = self._ready_model(name, version)
+        description = model.description
+        metadata: dict[str, Any] = {
+            "name": self._settings.model_name,
+            "platform": description.platform,
+            "inputs": [_tensor_metadata(spec) for spec in description.inputs],
+            "outputs": [_tensor_metadata(spec) for spec in description.outputs],
+        }
+        if self._settings.model_version:
+            metadata["versions"] = [self._settings.model_version]
+        if self._artifact is not None:
+            metadata["parameters"] = {
+                "sha256": self._artifact.digest,
+                "format": self._artifact.format,
+                "saved_with_sklearn": self._artifact.saved_with_sklearn or "unknown",
+            }
+        if description.feature_names is not None:
+            metadata.setdefault("parameters", {})["feature_names"] = ",".join(description.feature_names)
+        return metadata
+
+    def v1_models(self) -> dict[str, Any]:
+        """The V1 model list."""
+        return {"models": [self._settings.model_name]}
+
+    def v1_model_status(self, name: str) -> dict[str, Any]:
+        """The V1 model readiness object."""
+        self._check_name(name, None)
+        return {"name": self._settings.model_name, "ready": self.ready()}
+
+    # --- inference ---------------------------------------------------------------------------
+
+    async def infer(self, name: str, version: str | None, request: InferenceRequest) -> dict[str, Any]:
+        """A V2 inference: decode the tensors, predict, encode the requested outputs."""
+        model = self._ready_model(name, version)
+        rows = self._rows_from_v2(model, request)
+        outputs = self._requested_outputs(model, request)
+        results = await self._predict(model, rows, outputs)
+        response: dict[str, Any] = {
+            "model_name": self._settings.model_name,
+            "id": request.id if request.id is not None else str(uuid.uuid4()),
+            "outputs": [codec.encode_tensor(output, results[output]) for output in outputs],
+        }
+        if self._settings.model_version:
+            response["model_version"] = self._settings.model_version
+        return response
+
+    async def predict_v1(self, name: str, request: V1PredictRequest) -> dict[str, Any]:
+        """A V1 prediction: one prediction per instance."""
+        model = self._ready_model(name, None)
+        if (request.instances is None) == (request.inputs is None):
+            raise InvalidInput("the body must hold exactly one of 'instances' and 'inputs'")
+        instances = request.instances if request.instances is not None else request.inputs
+        rows = codec.rows_from_instances(instances)
+        self._check_width(model, rows)
+        results = await self._predict(model, rows, (OUTPUT_PREDICT,))
+        return {"predictions": codec.json_values(results[OUTPUT_PREDICT])}
+
+    async def _predict(self, model: Model, rows: npt.NDArray[Any], outputs: Sequence[str]) -> Outputs:
+        self._in_flight += 1
+        try:
+            if self._batcher is not None:
+                results = await self._batcher.predict(rows, outputs)
+            else:
+                results = await self._run_in_thread(lambda: self._predict_now(rows, outputs))
+        finally:
+            self._in_flight -= 1
+        self._record(model, results)
+        return results
+
+    def _predict_now(self, rows: npt.NDArray[Any], outputs: Sequence[str]) -> Outputs:
+        if self._model is None:
+            raise ModelNotReady("the model is not loaded")
+        return self._model.predict(rows, outputs)
+
+    async def _run_in_thread(self, function: Callable[[], Outputs]) -> Outputs:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function)
+
+    def _record(self, model: Model, results: Outputs) -> None:
+        if self._metrics is None:
+            return
+        classes = model.description.classes
+        if OUTPUT_PREDICT in results:
+            predictions = results[OUTPUT_PREDICT]
+        elif classes is not None and OUTPUT_PREDICT_PROBA in results:
+            predictions = np.asarray(classes)[np.argmax(results[OUTPUT_PREDICT_PROBA], axis=1)]
+        else:
+            return
+        self._metrics.observe_predictions(predictions, classes)
+
+    # --- request checks ----------------------------------------------------------------------
+
+    def _check_name(self, name: str, version: str | None) -> None:
+        if name != self._settings.model_name:
+            served = self._settings.model_name
+            raise ModelNotFound(f"model '{name}' is not served here; this server serves '{served}'")
+        if version is not None and version != self._settings.model_version:
+            served = self._settings.model_version or "no explicit version"
+            raise ModelNotFound(f"version '{version}' of model '{name}' is not served here; it has {served}")
+
+    def _ready_model(self, name: str, version: str | None) -> Model:
+        self._check_name(name, version)
+        if self._model is None:
+            raise ModelNotReady(f"model '{name}' is not ready yet")
+        return self._model
+
+    def _rows_from_v2(self, model: Model, request: InferenceRequest) -> npt.NDArray[Any]:
+        tensors = [
+            (item.name, codec.decode_tensor(item.name, item.datatype, item.shape, item.data))
+            for item in request.inputs
+        ]
+        names = [name for name, _ in tensors]
+        if len(set(names)) != len(names):
+            raise InvalidInput(f"input names must be unique, got {names}")
+        if len(tensors) == 1:
+            name, tensor = tensors[0]
+            if tensor.ndim == 1 and model.description.inputs[0].shape[-1] == 1:
+                tensor = tensor.reshape(-1, 1)
+            if tensor.ndim != 2:
+                raise InvalidInput(
+                    f"input '{name}' must have shape [rows, features], got {list(tensor.shape)}; "
+                    "or send one input of shape [rows] per feature"
+                )
+            rows = tensor
+        else:
+            feature_names = model.description.feature_names
+            if feature_names is not None and set(names) == set(feature_names):
+                by_name = dict(tensors)
+                tensors = [(feature, by_name[feature]) for feature in feature_names]
+            rows = codec.rows_from_columns(tensors)
+        self._check_width(model, rows)
+        return rows
+
+    @staticmethod
+    def _check_width(model: Model, rows: npt.NDArray[Any]) -> None:
+        if rows.shape[0] == 0:
+            raise InvalidInput("the request holds no rows")
+        expected = model.description.inputs[0].shape[-1]
+        if expected >= 0 and rows.shape[1] != expected:
+            raise InvalidInput(f"the model expects {expected} features per row, got {rows.shape[1]}")
+
+    @staticmethod
+    def _requested_outputs(model: Model, request: InferenceRequest) -> tuple[str, ...]:
+        if not request.outputs:
+            return model.default_outputs
+        available = model.default_outputs
+        names = tuple(dict.fromkeys(output.name for output in request.outputs))
+        unknown = [name for name in names if name not in available]
+        if unknown:
+            raise InvalidInput(
+                f"unknown output(s) {', '.join(unknown)}; this model offers {', '.join(available)}"
+            )
+        return names
+
+
+def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}

@@ -1,0 +1,211 @@
+"""Resolving MLflow model URIs through a tracking server's REST API, without the mlflow package.
+
+`models:/NAME/VERSION`, `models:/NAME@ALIAS`, `models:/MODEL_ID` (MLflow 3 logged models) and
+`runs:/RUN_ID/PATH` become artifact locations: either a path behind the tracking server's artifact
+proxy (`mlflow-artifacts:`), downloaded through it, or a storage URI (s3://, file://, http(s)://)
+fetched directly.
+"""
+
+import base64
+import re
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import httpx
+
+from modeldeploy_serving.errors import ArtifactError
+from modeldeploy_serving.transfer import with_retries
+
+_VERSION = re.compile(r"[0-9]+")
+_LOGGED_MODEL_ID = re.compile(r"m-[0-9a-f]{32}")
+_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+
+Downloader = Callable[[str, Path, Mapping[str, str] | None, Mapping[str, str] | None], None]
+
+
+@dataclass(frozen=True)
+class ModelReference:
+    """A parsed `models:/` or `runs:/` URI."""
+
+    kind: str
+    """`version`, `alias`, `logged_model` or `run`."""
+    name: str
+    """The registered model's name, the logged model's id, or the run's id."""
+    selector: str = ""
+    """The version, the alias, or the path inside the run."""
+
+
+@dataclass(frozen=True)
+class ArtifactLocation:
+    """Where the artifact's files are: behind the tracking server's proxy, or at a storage URI."""
+
+    uri: str
+    proxied_path: str | None = None
+
+
+def parse_model_uri(uri: str) -> ModelReference:
+    """Parse an MLflow model URI; ArtifactError says what shape was expected."""
+    if uri.startswith("runs:/"):
+        run_id, _, path = uri.removeprefix("runs:/").strip("/").partition("/")
+        if not run_id or not path:
+            raise ArtifactError(f"{uri}: expected runs:/RUN_ID/PATH")
+        return ModelReference("run", run_id, path)
+    if not uri.startswith("models:/"):
+        raise ArtifactError(f"{uri} is not an MLflow model URI")
+    rest = uri.removeprefix("models:/").strip("/")
+    if "@" in rest:
+        name, _, alias = rest.rpartition("@")
+        if not name or not alias or "/" in alias:
+            raise ArtifactError(f"{uri}: expected models:/NAME@ALIAS")
+        return ModelReference("alias", name, alias)
+    name, _, version = rest.rpartition("/")
+    if not name and _LOGGED_MODEL_ID.fullmatch(version):
+        return ModelReference("logged_model", version)
+    if not name or not _VERSION.fullmatch(version):
+        raise ArtifactError(
+            f"{uri}: expected models:/NAME/VERSION (a number), models:/NAME@ALIAS or models:/MODEL_ID; "
+            "stage names are not supported"
+        )
+    return ModelReference("version", name, version)
+
+
+def location_of(artifact_uri: str) -> ArtifactLocation:
+    """An artifact URI as the tracking server reports it, as a place to download from."""
+    if artifact_uri.startswith("mlflow-artifacts:"):
+        path = urllib.parse.urlsplit(artifact_uri).path.lstrip("/")
+        return ArtifactLocation(uri=artifact_uri, proxied_path=path)
+    return ArtifactLocation(uri=artifact_uri)
+
+
+class TrackingClient:
+    """The few calls of the MLflow tracking and registry REST API that fetching needs."""
+
+    def __init__(self, base_url: str, headers: Mapping[str, str]) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._headers = dict(headers)
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> "TrackingClient":
+        """A client for `MLFLOW_TRACKING_URI`, authenticated like the mlflow client would be."""
+        base_url = environ.get("MLFLOW_TRACKING_URI", "")
+        if not base_url.startswith(("http://", "https://")):
+            raise ArtifactError(
+                "MLflow URIs need MLFLOW_TRACKING_URI set to the tracking server's http(s) URL"
+            )
+        headers: dict[str, str] = {}
+        if token := environ.get("MLFLOW_TRACKING_TOKEN"):
+            headers["Authorization"] = f"Bearer {token}"
+        elif (user := environ.get("MLFLOW_TRACKING_USERNAME")) and (
+            password := environ.get("MLFLOW_TRACKING_PASSWORD")
+        ):
+            credentials = base64.b64encode(f"{user}:{password}".encode()).decode()
+            headers["Authorization"] = f"Basic {credentials}"
+        return cls(base_url, headers)
+
+    def resolve(self, uri: str) -> list[ArtifactLocation]:
+        """Where the files of the model that `uri` names are."""
+        if uri.startswith("mlflow-artifacts:"):
+            return [location_of(uri)]
+        reference = parse_model_uri(uri)
+        if reference.kind == "alias":
+            reply = self._get(
+                "mlflow/registered-models/alias", {"name": reference.name, "alias": reference.selector}
+            )
+            version = str(reply["model_version"]["version"])
+            return [location_of(self._version_download_uri(reference.name, version))]
+        if reference.kind == "version":
+            return [location_of(self._version_download_uri(reference.name, reference.selector))]
+        if reference.kind == "logged_model":
+            reply = self._get(f"mlflow/logged-models/{reference.name}", {})
+            return [location_of(str(reply["model"]["info"]["artifact_uri"]))]
+        return [self._run_artifact(reference.name, reference.selector)]
+
+    def _version_download_uri(self, name: str, version: str) -> str:
+        reply = self._get("mlflow/model-versions/get-download-uri", {"name": name, "version": version})
+        return str(reply["artifact_uri"])
+
+    def _run_artifact(self, run_id: str, path: str) -> ArtifactLocation:
+        """A run's artifact path; since MLflow 3 a model logged in a run is a logged model instead."""
+        run = self._get("mlflow/runs/get", {"run_id": run_id})["run"]["info"]
+        model_name, _, inner_path = path.partition("/")
+        for model in self._logged_models(str(run["experiment_id"]), model_name):
+            info = model.get("info", {})
+            if info.get("source_run_id") == run_id:
+                artifact_uri = str(info["artifact_uri"])
+                return location_of(f"{artifact_uri}/{inner_path}" if inner_path else artifact_uri)
+        return location_of(f"{str(run['artifact_uri']).rstrip('/')}/{path}")
+
+    def _logged_models(self, experiment_id: str, name: str) -> list[dict[str, Any]]:
+        escaped = name.replace("'", "\\'")
+        body = {"experiment_ids": [experiment_id], "filter": f"name = '{escaped}'", "max_results": 100}
+        try:
+            reply = self._request("POST", "mlflow/logged-models/search", json=body)
+        except ArtifactError:
+            return []  # tracking servers before MLflow 3 have no logged models
+        models = reply.get("models", [])
+        return models if isinstance(models, list) else []
+
+    def download_proxied(self, path: str, target: Path, download: Downloader) -> None:
+        """Download a file or a directory tree from the tracking server's artifact proxy."""
+        files = self._list_proxied(path)
+        if not files:
+            download(self._proxied_url(path), target / PurePosixPath(path).name, self._headers, None)
+            return
+        pending = [(path, "")]
+        while pending:
+            remote_dir, local_dir = pending.pop()
+            for entry in self._list_proxied(remote_dir):
+                name = PurePosixPath(entry["path"]).name
+                if name in ("", ".", ".."):
+                    continue
+                remote = f"{remote_dir}/{name}"
+                local = f"{local_dir}{name}"
+                if entry.get("is_dir"):
+                    pending.append((remote, f"{local}/"))
+                else:
+                    download(self._proxied_url(remote), target / local, self._headers, None)
+
+    def _list_proxied(self, path: str) -> list[dict[str, Any]]:
+        reply = self._get("mlflow-artifacts/artifacts", {"path": path})
+        files = reply.get("files", [])
+        return files if isinstance(files, list) else []
+
+    def _proxied_url(self, path: str) -> str:
+        return f"{self._base_url}/api/2.0/mlflow-artifacts/artifacts/{urllib.parse.quote(path)}"
+
+    def _get(self, endpoint: str, params: Mapping[str, str]) -> dict[str, Any]:
+        return self._request("GET", endpoint, params=params)
+
+    def _request(
+        self,
+        method: str,
+        endpoint: str,
+        params: Mapping[str, str] | None = None,
+        json: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        url = f"{self._base_url}/api/2.0/{endpoint}"
+
+        def attempt() -> httpx.Response:
+            reply = httpx.request(
+                method, url, params=params, json=json, headers=self._headers, timeout=_TIMEOUT
+            )
+            if reply.status_code >= 500 or reply.status_code == 429:
+                reply.raise_for_status()
+            return reply
+
+        reply = with_retries(attempt, f"asking the MLflow tracking server ({endpoint})")
+        try:
+            body = reply.json()
+        except ValueError:
+            body = {}
+        if reply.status_code != 200:
+            message = body.get("message") if isinstance(body, dict) else None
+            raise ArtifactError(
+                f"MLflow tracking server: {message or f'HTTP {reply.status_code}'} ({endpoint})"
+            )
+        if not isinstance(body, dict):
+            raise ArtifactError(f"MLflow tracking server sent an unexpected answer ({endpoint})")
+        return body

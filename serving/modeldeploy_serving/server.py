@@ -1,0 +1,62 @@
+"""Running the HTTP server: one process, or several workers sharing the port and the metrics."""
+
+import logging
+import os
+import sys
+import tempfile
+
+import uvicorn
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, multiprocess
+
+from modeldeploy_serving.app import ServerState, create_app
+from modeldeploy_serving.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+_MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def app_from_environment() -> FastAPI:
+    """The application of one worker process, configured from the environment."""
+    settings = ServerSettings()
+    if os.environ.get(_MULTIPROCESS_DIR_VARIABLE):
+        # Every worker writes its samples to files in the shared directory; any worker's
+        # /metrics answers with all of them added up.
+        exposition = CollectorRegistry()
+        multiprocess.MultiProcessCollector(exposition)  # type: ignore[no-untyped-call]
+        return create_app(settings, exposition_registry=exposition)
+    return create_app(settings)
+
+
+def serve(settings: ServerSettings) -> int:
+    """Serve until SIGTERM/SIGINT; in-flight requests finish first. The process's exit code."""
+    common = {
+        "host": settings.host,
+        "port": settings.http_port,
+        "timeout_graceful_shutdown": int(settings.graceful_shutdown_seconds),
+        "access_log": False,
+        "log_level": "info",
+        "loop": "auto",
+        "http": "auto",
+    }
+    if settings.workers == 1:
+        state = ServerState()
+        app = create_app(settings, state=state)
+        uvicorn.Server(uvicorn.Config(app, **common)).run()  # type: ignore[arg-type]
+        return 1 if state.load_error is not None else 0
+    os.environ.setdefault(_MULTIPROCESS_DIR_VARIABLE, tempfile.mkdtemp(prefix="modeldeploy-metrics-"))
+    uvicorn.run(
+        "modeldeploy_serving.server:app_from_environment",
+        factory=True,
+        workers=settings.workers,
+        **common,  # type: ignore[arg-type]
+    )
+    return 0
+
+
+def configure_logging() -> None:
+    """Plain one-line log records on stderr, which the container runtime collects."""
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
