@@ -33,6 +33,7 @@ __all__ = [
     "LABEL_VARIANT",
     "MODEL_DIR",
     "MODEL_REVISION_ANNOTATION",
+    "SERVER_APP_NAME",
     "Manifest",
     "Owner",
     "Variant",
@@ -44,6 +45,7 @@ __all__ = [
     "deployment_name",
     "label_selector",
     "model_revision",
+    "selector_labels",
     "service_name",
 ]
 
@@ -110,7 +112,8 @@ def service_name(name: str, variant: Variant | None = None) -> str:
     return name if variant is None else f"{name}-{variant}"
 
 
-def _selector(name: str, variant: Variant | None = None) -> dict[str, str]:
+def selector_labels(name: str, variant: Variant | None = None) -> dict[str, str]:
+    """The labels that select a ModelDeployment's server pods, of one variant or of both."""
     labels = {LABEL_NAME: SERVER_APP_NAME, LABEL_INSTANCE: name}
     if variant is not None:
         labels[LABEL_VARIANT] = variant
@@ -118,12 +121,12 @@ def _selector(name: str, variant: Variant | None = None) -> dict[str, str]:
 
 
 def _labels(name: str, variant: Variant | None = None) -> dict[str, str]:
-    return {**_selector(name, variant), LABEL_MANAGED_BY: MANAGER_NAME}
+    return {**selector_labels(name, variant), LABEL_MANAGED_BY: MANAGER_NAME}
 
 
 def label_selector(name: str) -> str:
     """The selector of all server pods of a ModelDeployment, in the string form of status.selector."""
-    return ",".join(f"{key}={value}" for key, value in sorted(_selector(name).items()))
+    return ",".join(f"{key}={value}" for key, value in sorted(selector_labels(name).items()))
 
 
 def _metadata(owner: Owner, name: str, variant: Variant | None) -> Manifest:
@@ -216,6 +219,8 @@ def _fetch_container(image: str, spec: ModelDeploymentSpec, model: ModelSource) 
         "command": ["modeldeploy-server"],
         "args": args,
         "resources": {"requests": {"cpu": FETCH_CPU_REQUEST, "memory": FETCH_MEMORY_REQUEST}},
+        # The last lines of a failed fetch become the status message (digest mismatch, 404, ...).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": _container_security_context(),
         "volumeMounts": mounts,
     }
@@ -238,6 +243,7 @@ def _server_container(
         "command": ["modeldeploy-server"],
         "args": ["serve"],
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "env": _server_env(owner, spec, model, variant, settings),
         "readinessProbe": {
             "httpGet": {"path": "/v2/health/ready", "port": "http"},
@@ -328,7 +334,7 @@ def build_deployment(
     """
     served = model if model is not None else spec.model
     deployment_spec: Manifest = {
-        "selector": {"matchLabels": _selector(owner.name, variant)},
+        "selector": {"matchLabels": selector_labels(owner.name, variant)},
         "progressDeadlineSeconds": _seconds(spec.progress_deadline),
         "revisionHistoryLimit": 3,
         "template": _pod_template(owner, spec, served, variant, settings),
@@ -355,18 +361,18 @@ def build_service(owner: Owner, variant: Variant | None = None) -> Manifest:
         "metadata": _metadata(owner, service_name(owner.name, variant), variant),
         "spec": {
             "type": "ClusterIP",
-            "selector": _selector(owner.name, variant),
+            "selector": selector_labels(owner.name, variant),
             "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
         },
     }
 
 
 def build_horizontal_pod_autoscaler(owner: Owner, autoscaling: Autoscaling) -> Manifest:
-    """The autoscaling/v2 HorizontalPodAutoscaler of the stable Deployment."""
+    """The autoscaling/v2 HorizontalPodAutoscaler NAME of the stable Deployment."""
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": _metadata(owner, deployment_name(owner.name, "stable"), "stable"),
+        "metadata": _metadata(owner, owner.name, "stable"),
         "spec": {
             "scaleTargetRef": {
                 "apiVersion": "apps/v1",
@@ -392,8 +398,8 @@ def build_horizontal_pod_autoscaler(owner: Owner, autoscaling: Autoscaling) -> M
 
 
 def build_pod_disruption_budget(owner: Owner, budget: PodDisruptionBudget) -> Manifest:
-    """The policy/v1 PodDisruptionBudget of the stable pods."""
-    budget_spec: Manifest = {"selector": {"matchLabels": _selector(owner.name, "stable")}}
+    """The policy/v1 PodDisruptionBudget NAME of the stable pods."""
+    budget_spec: Manifest = {"selector": {"matchLabels": selector_labels(owner.name, "stable")}}
     if budget.min_available is not None:
         budget_spec["minAvailable"] = budget.min_available
     if budget.max_unavailable is not None:
@@ -401,7 +407,7 @@ def build_pod_disruption_budget(owner: Owner, budget: PodDisruptionBudget) -> Ma
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _metadata(owner, deployment_name(owner.name, "stable"), "stable"),
+        "metadata": _metadata(owner, owner.name, "stable"),
         "spec": budget_spec,
     }
 
