@@ -559,7 +559,7 @@ class ModelDeploymentSpec(CamelModel):
     """Number of stable server pods; the autoscaler's starting point when autoscaling is set."""
 
     server: ServerSpec = Field(default_factory=ServerSpec)
-    """The model-server pods."""
+    """Image, resources, environment and serving options of the model-server pods."""
 
     autoscaling: Autoscaling | None = None
     """Scale the stable pods with a HorizontalPodAutoscaler instead of replicas."""
@@ -581,7 +581,7 @@ class ModelDeploymentSpec(CamelModel):
     reported Stalled."""
 
     traffic: Traffic = Field(default_factory=Traffic)
-    """How requests are split between the stable and the canary model."""
+    """How requests reach the stable and the canary model during a rollout."""
 
     rollout: Rollout = Field(default_factory=Rollout)
     """How a new model replaces the stable one."""
@@ -708,6 +708,10 @@ class HistoryEntry(CamelModel):
 
 class ModelDeploymentStatus(CamelModel):
     """Observed state, written only by the operator."""
+
+    # Other controllers may keep their own keys in status (kopf records its progress there);
+    # reading a status must not fail on them.
+    model_config = ConfigDict(extra="ignore")
 
     observed_generation: Annotated[int, Field(ge=0)] | None = None
     """The resource generation this status describes."""

@@ -1,0 +1,328 @@
+"""Pure functions from what the operator observes to the ModelDeployment's status.
+
+The conditions follow kstatus, so `kubectl wait --for=condition=Ready`, Argo CD
+and Flux understand them: `Ready` only when the stable Deployment has rolled out
+completely, `Progressing` while it rolls, `Stalled` when it cannot finish. A
+condition's lastTransitionTime changes only with its status, so a reconcile that
+observes nothing new produces a status equal to the previous one and writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from .builders import Manifest, label_selector, service_name
+from .spec import (
+    Condition,
+    ModelDeploymentSpec,
+    ModelDeploymentStatus,
+    ModelSource,
+    StableModel,
+    parse_duration,
+)
+
+__all__ = [
+    "BLOCKING_WAITING_REASONS",
+    "PodProblem",
+    "compute_status",
+    "invalid_spec_status",
+    "status_patch",
+    "summarize_pod_problems",
+]
+
+Phase = Literal["Pending", "Progressing", "Ready", "Stalled", "Failed"]
+
+# Waiting reasons after which a container will not start without a change to the spec or the
+# cluster; a pod that reports one will not become ready by waiting.
+BLOCKING_WAITING_REASONS = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+
+
+@dataclass(frozen=True)
+class PodProblem:
+    """Why one container of a server pod cannot start."""
+
+    pod: str
+    container: str
+    reason: str
+    message: str
+
+    def describe(self) -> str:
+        """One line for a condition message."""
+        detail = f": {self.message}" if self.message else ""
+        return f"pod {self.pod} container {self.container} {self.reason}{detail}"
+
+
+def summarize_pod_problems(pods: Iterable[Mapping[str, Any]]) -> list[PodProblem]:
+    """The blocking problems of the given Pod objects, in a stable order.
+
+    A failed model fetch shows up as the init container exiting non-zero and then in
+    CrashLoopBackOff; the message is its termination message (the fetch error) when it left one.
+    """
+    problems = []
+    for pod in pods:
+        pod_name = pod.get("metadata", {}).get("name", "")
+        status = pod.get("status", {})
+        for key, is_init in (("initContainerStatuses", True), ("containerStatuses", False)):
+            for container in status.get(key, []):
+                problem = _container_problem(pod_name, container, is_init=is_init)
+                if problem is not None:
+                    problems.append(problem)
+    return sorted(problems, key=lambda problem: (problem.pod, problem.container))
+
+
+def _container_problem(pod: str, container: Mapping[str, Any], *, is_init: bool) -> PodProblem | None:
+    name = container.get("name", "")
+    state = container.get("state", {})
+    last_terminated = container.get("lastState", {}).get("terminated", {})
+    waiting = state.get("waiting")
+    if waiting is not None and waiting.get("reason") in BLOCKING_WAITING_REASONS:
+        message = (last_terminated.get("message") or waiting.get("message") or "").strip()
+        return PodProblem(pod, name, waiting["reason"], message)
+    terminated = state.get("terminated")
+    # An init container that exited non-zero blocks the pod even before the kubelet backs off.
+    if is_init and terminated is not None and terminated.get("exitCode", 0) != 0:
+        reason = terminated.get("reason") or "Error"
+        return PodProblem(pod, name, reason, (terminated.get("message") or "").strip())
+    return None
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """What the observations mean, before it is written as conditions."""
+
+    ready: bool
+    stalled: bool
+    reason: str
+    message: str
+
+
+def _judge_deployment(
+    deployment: Mapping[str, Any] | None,
+    pod_problems: Sequence[PodProblem],
+    progressing_since: datetime,
+    now: datetime,
+    deadline: timedelta,
+) -> _Verdict:
+    if deployment is None:
+        verdict = _Verdict(False, False, "DeploymentMissing", "The stable Deployment does not exist yet")
+    else:
+        verdict = _judge_rollout(deployment)
+    if verdict.ready or verdict.stalled:
+        return verdict
+    if pod_problems:
+        more = f" (and {len(pod_problems) - 1} more)" if len(pod_problems) > 1 else ""
+        return _Verdict(False, True, "PodsFailing", pod_problems[0].describe() + more)
+    if now - progressing_since > deadline:
+        message = f"Not ready within the progress deadline of {_format(deadline)}: {verdict.message}"
+        return _Verdict(False, True, "ProgressDeadlineExceeded", message)
+    return verdict
+
+
+def _judge_rollout(deployment: Mapping[str, Any]) -> _Verdict:
+    """Whether the Deployment has rolled out, in the same terms as `kubectl rollout status`."""
+    generation = deployment.get("metadata", {}).get("generation", 0)
+    status = deployment.get("status", {})
+    for condition in status.get("conditions", []):
+        if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
+            message = condition.get("message") or "The stable Deployment exceeded its progress deadline"
+            return _Verdict(False, True, "ProgressDeadlineExceeded", message)
+    if status.get("observedGeneration", 0) < generation:
+        return _Verdict(
+            False, False, "DeploymentUpdating", "The stable Deployment has not seen the change yet"
+        )
+    desired = deployment.get("spec", {}).get("replicas", 1)
+    existing = status.get("replicas", 0)
+    updated = status.get("updatedReplicas", 0)
+    available = status.get("availableReplicas", 0)
+    if updated < desired:
+        return _Verdict(False, False, "RollingOut", f"{updated} of {desired} replicas updated")
+    if existing > updated:
+        return _Verdict(False, False, "RollingOut", f"{existing - updated} old replicas terminating")
+    if available < updated:
+        return _Verdict(False, False, "RollingOut", f"{available} of {updated} updated replicas available")
+    return _Verdict(True, False, "Available", f"{available} of {desired} replicas available")
+
+
+def _format(duration: timedelta) -> str:
+    seconds = int(duration.total_seconds())
+    minutes, seconds = divmod(seconds, 60)
+    return f"{minutes}m{seconds}s" if minutes else f"{seconds}s"
+
+
+def _parse_previous(previous: Mapping[str, Any] | None) -> ModelDeploymentStatus:
+    # A status this version cannot read (written by an older one, or edited by hand) is rebuilt.
+    try:
+        return ModelDeploymentStatus.model_validate(previous or {})
+    except ValidationError:
+        return ModelDeploymentStatus()
+
+
+def _conditions(
+    previous: ModelDeploymentStatus,
+    generation: int,
+    now: datetime,
+    wanted: Sequence[tuple[str, bool, str, str]],
+) -> list[Condition]:
+    """Conditions with each lastTransitionTime kept unless the status changed.
+
+    Progressing also restarts its clock with a new generation: the progress deadline counts
+    from the change being rolled out, not from an earlier one still in progress.
+    """
+    earlier = {condition.type: condition for condition in previous.conditions}
+    conditions = []
+    for type_, holds, reason, message in wanted:
+        status: Literal["True", "False"] = "True" if holds else "False"
+        before = earlier.get(type_)
+        unchanged = before is not None and before.status == status
+        if type_ == "Progressing" and before is not None and before.observed_generation != generation:
+            unchanged = False
+        since = before.last_transition_time if (before is not None and unchanged) else now
+        conditions.append(
+            Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message,
+                last_transition_time=since,
+                observed_generation=generation,
+            )
+        )
+    return conditions
+
+
+def _progressing_since(previous: ModelDeploymentStatus, generation: int, now: datetime) -> datetime:
+    for condition in previous.conditions:
+        if condition.type == "Progressing" and condition.status == "True":
+            return condition.last_transition_time if condition.observed_generation == generation else now
+    return now
+
+
+def _stable_model(previous: StableModel | None, model: ModelSource, now: datetime) -> StableModel:
+    current = StableModel(
+        uri=model.uri, format=model.format, version=model.version, digest=model.sha256, since=now
+    )
+    if previous is not None and previous.model_copy(update={"since": now}) == current:
+        return previous
+    return current
+
+
+def _dump(status: ModelDeploymentStatus) -> Manifest:
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def compute_status(
+    *,
+    name: str,
+    namespace: str,
+    generation: int,
+    spec: ModelDeploymentSpec,
+    deployment: Mapping[str, Any] | None,
+    pod_problems: Sequence[PodProblem],
+    now: datetime,
+    previous: Mapping[str, Any] | None,
+    served_model: ModelSource | None = None,
+) -> Manifest:
+    """The whole status of a ModelDeployment from the stable Deployment as last observed.
+
+    `deployment` is the stable Deployment as the API server returned it (after applying it),
+    or None when it does not exist; `pod_problems` summarises its pods
+    (`summarize_pod_problems`); `now` is timezone-aware. `served_model` is the model the stable
+    Deployment serves (the spec's outside of a rollout); it becomes status.stable once ready.
+    Fields this function does not own (canary, history) are carried over from `previous`.
+    """
+    now = now.replace(microsecond=0)
+    before = _parse_previous(previous)
+    deadline = parse_duration(spec.progress_deadline)
+    verdict = _judge_deployment(
+        deployment, pod_problems, _progressing_since(before, generation, now), now, deadline
+    )
+    progressing = not (verdict.ready or verdict.stalled)
+    conditions = _conditions(
+        before,
+        generation,
+        now,
+        [
+            ("Ready", verdict.ready, verdict.reason, verdict.message),
+            ("Progressing", progressing, verdict.reason, verdict.message),
+            ("Stalled", verdict.stalled, verdict.reason, verdict.message),
+        ],
+    )
+    phase: Phase
+    if verdict.ready:
+        phase = "Ready"
+    elif verdict.stalled:
+        phase = "Stalled"
+    else:
+        phase = "Progressing" if before.stable is not None else "Pending"
+    stable = before.stable
+    if verdict.ready:
+        stable = _stable_model(before.stable, served_model or spec.model, now)
+    observed = (deployment or {}).get("status", {})
+    status = before.model_copy(
+        update={
+            "observed_generation": generation,
+            "conditions": conditions,
+            "phase": phase,
+            "stable": stable,
+            "url": f"http://{service_name(name)}.{namespace}.svc.cluster.local",
+            "replicas": observed.get("replicas", 0),
+            "ready_replicas": observed.get("readyReplicas", 0),
+            "selector": label_selector(name),
+        }
+    )
+    return _dump(status)
+
+
+def invalid_spec_status(
+    *, generation: int, message: str, now: datetime, previous: Mapping[str, Any] | None
+) -> Manifest:
+    """The status of a ModelDeployment whose spec the operator cannot act on (phase Failed).
+
+    Everything else (the stable model still serving, the URL) stays as it was: the objects
+    built from the last valid spec are left alone.
+    """
+    now = now.replace(microsecond=0)
+    before = _parse_previous(previous)
+    conditions = _conditions(
+        before,
+        generation,
+        now,
+        [
+            ("Ready", False, "InvalidSpec", message),
+            ("Progressing", False, "InvalidSpec", message),
+            ("Stalled", True, "InvalidSpec", message),
+        ],
+    )
+    status = before.model_copy(
+        update={"observed_generation": generation, "conditions": conditions, "phase": "Failed"}
+    )
+    return _dump(status)
+
+
+def status_patch(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> Manifest | None:
+    """A JSON merge patch turning `previous` into `new`, or None when nothing changed.
+
+    `previous` is read through the status model first, so defaults the API server filled in
+    do not count as changes.
+    """
+    before = _dump(_parse_previous(previous))
+    if before == new:
+        return None
+    patch: Manifest = {key: value for key, value in new.items() if before.get(key) != value}
+    patch.update({key: None for key in before if key not in new})
+    return patch
