@@ -114,7 +114,8 @@ class _Verdict:
 def _judge_deployment(
     deployment: Mapping[str, Any] | None,
     pod_problems: Sequence[PodProblem],
-    progressing_since: datetime,
+    previous: ModelDeploymentStatus,
+    generation: int,
     now: datetime,
     deadline: timedelta,
 ) -> _Verdict:
@@ -127,10 +128,28 @@ def _judge_deployment(
     if pod_problems:
         more = f" (and {len(pod_problems) - 1} more)" if len(pod_problems) > 1 else ""
         return _Verdict(False, True, "PodsFailing", pod_problems[0].describe() + more)
-    if now - progressing_since > deadline:
+    # Stalled stays until the change is ready or a new one arrives: a crash-looping pod is
+    # between crashes most of the time, and flapping back to Progressing would hide that.
+    stalled_before = _current_condition(previous, "Stalled", generation)
+    if stalled_before is not None and stalled_before.status == "True":
+        return _Verdict(False, True, stalled_before.reason, stalled_before.message)
+    progressing_before = _current_condition(previous, "Progressing", generation)
+    if (
+        progressing_before is not None
+        and progressing_before.status == "True"
+        and now - progressing_before.last_transition_time > deadline
+    ):
         message = f"Not ready within the progress deadline of {_format(deadline)}: {verdict.message}"
         return _Verdict(False, True, "ProgressDeadlineExceeded", message)
     return verdict
+
+
+def _current_condition(previous: ModelDeploymentStatus, type_: str, generation: int) -> Condition | None:
+    """The previous condition of this type, if it describes the current generation."""
+    for condition in previous.conditions:
+        if condition.type == type_ and condition.observed_generation == generation:
+            return condition
+    return None
 
 
 def _judge_rollout(deployment: Mapping[str, Any]) -> _Verdict:
@@ -205,13 +224,6 @@ def _conditions(
     return conditions
 
 
-def _progressing_since(previous: ModelDeploymentStatus, generation: int, now: datetime) -> datetime:
-    for condition in previous.conditions:
-        if condition.type == "Progressing" and condition.status == "True":
-            return condition.last_transition_time if condition.observed_generation == generation else now
-    return now
-
-
 def _stable_model(previous: StableModel | None, model: ModelSource, now: datetime) -> StableModel:
     current = StableModel(
         uri=model.uri, format=model.format, version=model.version, digest=model.sha256, since=now
@@ -248,9 +260,7 @@ def compute_status(
     now = now.replace(microsecond=0)
     before = _parse_previous(previous)
     deadline = parse_duration(spec.progress_deadline)
-    verdict = _judge_deployment(
-        deployment, pod_problems, _progressing_since(before, generation, now), now, deadline
-    )
+    verdict = _judge_deployment(deployment, pod_problems, before, generation, now, deadline)
     progressing = not (verdict.ready or verdict.stalled)
     conditions = _conditions(
         before,

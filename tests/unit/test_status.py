@@ -176,6 +176,29 @@ def test_own_progress_deadline_counts_from_when_progress_began() -> None:
     assert "progress deadline of 10m0s" in conditions(late)["Stalled"]["message"]
 
 
+def test_stalled_stays_until_ready_or_a_new_generation() -> None:
+    late = status(
+        deployment(updated=0, available=0),
+        previous=status(deployment(updated=0, available=0), now=NOW),
+        now=NOW + timedelta(minutes=11),
+    )
+    still = status(deployment(updated=0, available=0), previous=late, now=NOW + timedelta(minutes=12))
+    assert still == late
+    crashing = PodProblem("iris-stable-1", "fetch-model", "CrashLoopBackOff", "404")
+    stalled = status(deployment(available=0), problems=[crashing], now=NOW)
+    between_crashes = status(deployment(available=0), previous=stalled, now=NOW + timedelta(seconds=30))
+    assert between_crashes == stalled
+    recovered = status(deployment(), previous=between_crashes, now=NOW + timedelta(minutes=1))
+    assert states(recovered) == {"Ready": "True", "Progressing": "False", "Stalled": "False"}
+    fixed = status(
+        deployment(generation=2, observed=2, available=0),
+        previous=between_crashes,
+        generation=2,
+        now=NOW + timedelta(minutes=1),
+    )
+    assert states(fixed) == {"Ready": "False", "Progressing": "True", "Stalled": "False"}
+
+
 def test_a_new_generation_restarts_the_progress_clock() -> None:
     started = status(deployment(updated=0, available=0), now=NOW)
     changed = status(
