@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import HTTPException as FastAPIHTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -18,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modeldeploy_serving.dataplane import SERVER_VERSION, DataPlane
-from modeldeploy_serving.errors import PayloadTooLarge, ServingError
+from modeldeploy_serving.errors import ServingError
 from modeldeploy_serving.metrics import ServerMetrics
 from modeldeploy_serving.protocol import InferenceRequest, V1PredictRequest
 from modeldeploy_serving.routes import classify_path
@@ -231,7 +232,8 @@ class RequestMetricsMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self._max_body_bytes:
-                    raise PayloadTooLarge(self._too_large_message())
+                    # FastAPI turns other errors raised while reading the body into a 400.
+                    raise FastAPIHTTPException(413, self._too_large_message())
             return message
 
         return limited_receive

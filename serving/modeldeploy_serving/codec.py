@@ -105,7 +105,7 @@ def _describe_kind(kind: str) -> str:
         "i": "integer",
         "f": "numeric",
         "U": "string",
-        "O": "mixed or null",
+        "O": "mixed, null or too large",
     }.get(kind, kind)
 
 

@@ -25,12 +25,6 @@ class ModelNotReady(ServingError):
     status_code = 503
 
 
-class PayloadTooLarge(ServingError):
-    """The request body exceeds the configured limit."""
-
-    status_code = 413
-
-
 class ArtifactError(Exception):
     """The artifact cannot be fetched, verified or loaded; the message says why."""
 

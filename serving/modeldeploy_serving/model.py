@@ -1,6 +1,7 @@
 """The model interface the data plane serves, and its scikit-learn implementation."""
 
 import abc
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,6 +10,10 @@ import numpy as np
 import numpy.typing as npt
 
 from modeldeploy_serving.errors import InvalidInput
+
+# Rows arrive as positional matrices by design (the protocols carry no column names): the warning
+# scikit-learn gives for models fitted on named columns would repeat on every request.
+warnings.filterwarnings("ignore", message="X does not have valid feature names")
 
 OUTPUT_PREDICT = "predict"
 OUTPUT_PREDICT_PROBA = "predict_proba"

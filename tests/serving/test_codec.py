@@ -1,0 +1,179 @@
+"""The tensor codec: every datatype, both data layouts, and each way input can be wrong."""
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from modeldeploy_serving import codec
+from modeldeploy_serving.errors import InvalidInput
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "expected_dtype"),
+    [
+        ("BOOL", [True, False], np.bool_),
+        ("UINT8", [0, 255], np.uint8),
+        ("UINT16", [0, 65535], np.uint16),
+        ("UINT32", [0, 2**32 - 1], np.uint32),
+        ("UINT64", [0, 2**63 - 1], np.uint64),
+        ("INT8", [-128, 127], np.int8),
+        ("INT16", [-(2**15), 2**15 - 1], np.int16),
+        ("INT32", [-(2**31), 2**31 - 1], np.int32),
+        ("INT64", [-(2**63), 2**63 - 1], np.int64),
+        ("FP16", [0.5, -1.0], np.float16),
+        ("FP32", [0.5, -1.0], np.float32),
+        ("FP64", [0.5, -1.0], np.float64),
+        ("FP64", [1, 2], np.float64),
+        ("BYTES", ["a", "b"], object),
+    ],
+)
+def test_decodes_every_datatype(datatype: str, data: list[Any], expected_dtype: Any) -> None:
+    array = codec.decode_tensor("x", datatype, [2], data)
+    assert array.dtype == np.dtype(expected_dtype)
+    assert array.tolist() == data
+
+
+def test_flat_and_nested_data_give_the_same_row_major_tensor() -> None:
+    flat = codec.decode_tensor("x", "FP32", [2, 3], [1, 2, 3, 4, 5, 6])
+    nested = codec.decode_tensor("x", "FP32", [2, 3], [[1, 2, 3], [4, 5, 6]])
+    assert flat.shape == (2, 3)
+    np.testing.assert_array_equal(flat, nested)
+    assert flat[1].tolist() == [4, 5, 6]
+
+
+@pytest.mark.parametrize(
+    ("shape", "data", "message"),
+    [
+        ([2, 2], [1, 2, 3], "needs 4 elements"),
+        ([3], [[1, 2], [3, 4]], "declared shape [3]"),
+        ([2, 2], [[1, 2], [3]], "ragged"),
+        ([2], [[1, 2]], "needs 2 elements"),
+    ],
+)
+def test_data_that_does_not_fit_the_shape_is_a_client_error(
+    shape: list[int], data: list[Any], message: str
+) -> None:
+    with pytest.raises(InvalidInput, match="input 'x'") as raised:
+        codec.decode_tensor("x", "FP64", shape, data)
+    assert message in str(raised.value)
+
+
+def test_a_nested_tensor_of_another_shape_with_the_same_size_is_refused() -> None:
+    with pytest.raises(InvalidInput, match=r"shape \[3, 2\]"):
+        codec.decode_tensor("x", "FP64", [2, 3], [[1, 2], [3, 4], [5, 6]])
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "message"),
+    [
+        ("FP64", ["a", "b"], "needs numeric values, got string"),
+        ("FP64", [True, False], "needs numeric values, got boolean"),
+        ("FP64", [1, None], "got mixed, null or too large"),
+        ("INT32", [1.5, 2.0], "needs integer values, got numeric"),
+        ("BOOL", [1, 0], "needs boolean values, got integer"),
+        ("BYTES", [1, 2], "needs string values"),
+        ("INT8", [128], "out of range for INT8"),
+        ("UINT8", [-1], "out of range for UINT8"),
+        ("FP16", [1e6], "out of range for FP16"),
+        ("UINT64", [2**70], "got mixed, null or too large"),
+        ("COMPLEX", [1], "unknown datatype 'COMPLEX'"),
+    ],
+)
+def test_values_of_the_wrong_kind_are_a_client_error(datatype: str, data: list[Any], message: str) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        codec.decode_tensor("x", datatype, [len(data)], data)
+    assert message in str(raised.value)
+
+
+def test_negative_dimensions_and_non_array_data_are_refused() -> None:
+    with pytest.raises(InvalidInput, match="negative dimension"):
+        codec.decode_tensor("x", "FP64", [-1, 2], [1, 2])
+    with pytest.raises(InvalidInput, match="must be a JSON array"):
+        codec.decode_tensor("x", "FP64", [1], 3)
+
+
+def test_an_empty_tensor_decodes_to_its_shape() -> None:
+    assert codec.decode_tensor("x", "FP64", [0, 4], []).shape == (0, 4)
+
+
+@pytest.mark.parametrize(
+    ("array", "datatype"),
+    [
+        (np.array([True]), "BOOL"),
+        (np.array([1], dtype=np.uint8), "UINT8"),
+        (np.array([1], dtype=np.int32), "INT32"),
+        (np.array([1], dtype=np.int64), "INT64"),
+        (np.array([1.0], dtype=np.float32), "FP32"),
+        (np.array([1.0]), "FP64"),
+        (np.array(["setosa"]), "BYTES"),
+        (np.array(["setosa"], dtype=object), "BYTES"),
+    ],
+)
+def test_datatype_of_arrays(array: np.ndarray, datatype: str) -> None:
+    assert codec.datatype_of(array) == datatype
+
+
+def test_datatype_of_an_unrepresentable_array_is_an_error() -> None:
+    with pytest.raises(ValueError, match="complex"):
+        codec.datatype_of(np.array([1j]))
+
+
+def test_encode_tensor_flattens_row_major_and_keeps_the_shape() -> None:
+    encoded = codec.encode_tensor("predict_proba", np.array([[0.25, 0.75], [1.0, 0.0]]))
+    assert encoded == {
+        "name": "predict_proba",
+        "shape": [2, 2],
+        "datatype": "FP64",
+        "data": [0.25, 0.75, 1.0, 0.0],
+    }
+
+
+def test_encode_tensor_turns_labels_into_strings() -> None:
+    encoded = codec.encode_tensor("predict", np.array(["setosa", "virginica"], dtype=object))
+    assert encoded["datatype"] == "BYTES"
+    assert encoded["data"] == ["setosa", "virginica"]
+
+
+def test_json_values_keep_numbers_and_stringify_labels() -> None:
+    assert codec.json_values(np.array([1, 2])) == [1, 2]
+    assert codec.json_values(np.array(["a"], dtype=object)) == ["a"]
+    assert codec.json_values(np.array([], dtype=object)) == []
+
+
+def test_rows_from_columns_stacks_one_feature_per_input() -> None:
+    rows = codec.rows_from_columns([("a", np.array([1.0, 2.0])), ("b", np.array([[3.0], [4.0]]))])
+    assert rows.tolist() == [[1.0, 3.0], [2.0, 4.0]]
+
+
+def test_rows_from_columns_with_mixed_kinds_keeps_each_value() -> None:
+    rows = codec.rows_from_columns([("a", np.array([1.0])), ("b", np.array(["x"], dtype=object))])
+    assert rows.tolist() == [[1.0, "x"]]
+
+
+def test_rows_from_columns_refuses_matrices_and_unequal_lengths() -> None:
+    with pytest.raises(InvalidInput, match="input 'a'"):
+        codec.rows_from_columns([("a", np.ones((2, 2))), ("b", np.ones(2))])
+    with pytest.raises(InvalidInput, match=r"different numbers of rows: \[1, 2\]"):
+        codec.rows_from_columns([("a", np.ones(1)), ("b", np.ones(2))])
+
+
+def test_rows_from_instances() -> None:
+    assert codec.rows_from_instances([[1, 2], [3, 4]]).tolist() == [[1, 2], [3, 4]]
+
+
+@pytest.mark.parametrize(
+    ("instances", "message"),
+    [
+        ([], "non-empty"),
+        ({"a": 1}, "non-empty"),
+        ([1, 2], "each instance must be a JSON array"),
+        ([[1, 2], [3]], r"different numbers of features: \[1, 2\]"),
+        ([[1, [2]]], "not a matrix"),
+        ([[1, None]], "may only hold numbers"),
+        ([[{"a": 1}]], "may only hold numbers"),
+    ],
+)
+def test_bad_instances_are_a_client_error(instances: Any, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        codec.rows_from_instances(instances)

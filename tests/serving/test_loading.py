@@ -1,0 +1,204 @@
+"""Loading artifacts: skops by default, pickle only when allowed, MLflow directories, and checks."""
+
+import hashlib
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import sklearn
+import skops.io
+import yaml
+from sklearn.base import BaseEstimator
+
+from modeldeploy_serving.errors import ArtifactError
+from modeldeploy_serving.loading import check_version, is_version_compatible, load_artifact
+from modeldeploy_serving.settings import ModelFormat, VersionMismatchPolicy
+
+IRIS_ROW = np.array([[5.1, 3.5, 1.4, 0.2]])
+
+
+def load(
+    directory: Path,
+    model_format: ModelFormat = ModelFormat.AUTO,
+    sha256: str | None = None,
+    allow_pickle: bool = False,
+    policy: VersionMismatchPolicy = VersionMismatchPolicy.REFUSE,
+) -> Any:
+    return load_artifact(directory, model_format, sha256, allow_pickle, policy)
+
+
+class Doubler(BaseEstimator):  # type: ignore[misc]
+    """A type skops does not know, so it must not be trusted."""
+
+    def fit(self, features: Any, target: Any = None) -> "Doubler":
+        return self
+
+    def predict(self, features: Any) -> Any:
+        return np.asarray(features)[:, 0] * 2
+
+
+def test_a_skops_file_loads_as_a_classifier(iris_skops_dir: Path) -> None:
+    loaded = load(iris_skops_dir)
+    assert loaded.format == "skops"
+    assert loaded.saved_with_sklearn == sklearn.__version__
+    assert loaded.digest == hashlib.sha256((iris_skops_dir / "model.skops").read_bytes()).hexdigest()
+    assert loaded.model.description.classes == (0, 1, 2)
+    assert loaded.model.predict(IRIS_ROW, ["predict"])["predict"].tolist() == [0]
+
+
+def test_a_skops_file_with_untrusted_types_is_refused(tmp_path: Path) -> None:
+    skops.io.dump(Doubler().fit(None), tmp_path / "model.skops")
+    with pytest.raises(ArtifactError, match=r"does not trust.*Doubler"):
+        load(tmp_path)
+
+
+def test_joblib_and_pickle_files_are_refused_unless_allowed(iris_joblib_dir: Path) -> None:
+    with pytest.raises(ArtifactError, match=r"can run arbitrary code.*ALLOW_PICKLE"):
+        load(iris_joblib_dir)
+    loaded = load(iris_joblib_dir, allow_pickle=True)
+    assert loaded.format == "joblib"
+    assert loaded.model.predict(IRIS_ROW, ["predict"])["predict"].tolist() == [0]
+
+
+def test_a_pickle_file_loads_when_allowed(tmp_path: Path, diabetes_regressor: Any) -> None:
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(diabetes_regressor))
+    loaded = load(tmp_path, allow_pickle=True)
+    assert loaded.format == "pickle"
+    assert loaded.model.description.classes is None
+
+
+def test_a_corrupt_pickle_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "model.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(ArtifactError, match=r"model.pkl is not a readable pickle file"):
+        load(tmp_path, allow_pickle=True)
+
+
+def test_a_corrupt_skops_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "model.skops").write_bytes(b"not a zip")
+    with pytest.raises(ArtifactError, match="not a readable skops file"):
+        load(tmp_path)
+
+
+def test_an_object_without_predict_is_not_a_model(tmp_path: Path) -> None:
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps({"weights": [1, 2]}))
+    with pytest.raises(ArtifactError, match="not a model"):
+        load(tmp_path, allow_pickle=True)
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"model.onnx": b"x"}, "cannot tell the format of model.onnx"),
+        ({"a.skops": b"x", "b.skops": b"y"}, "holds several files but no MLmodel"),
+    ],
+)
+def test_unrecognised_artifacts_are_a_clear_error(
+    tmp_path: Path, files: dict[str, bytes], message: str
+) -> None:
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    with pytest.raises(ArtifactError, match=message):
+        load(tmp_path)
+
+
+def test_a_missing_model_directory_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="does not exist"):
+        load(tmp_path / "absent")
+
+
+def test_a_digest_pin_that_does_not_match_is_refused(iris_skops_dir: Path) -> None:
+    with pytest.raises(ArtifactError, match="sha256 mismatch"):
+        load(iris_skops_dir, sha256="0" * 64)
+    digest = hashlib.sha256((iris_skops_dir / "model.skops").read_bytes()).hexdigest()
+    assert load(iris_skops_dir, sha256=digest).digest == digest
+
+
+def test_the_configured_format_must_match_the_artifact(iris_skops_dir: Path) -> None:
+    with pytest.raises(ArtifactError, match="format is set to mlflow"):
+        load(iris_skops_dir, model_format=ModelFormat.MLFLOW)
+
+
+@pytest.mark.parametrize(
+    ("artifact", "server", "compatible"),
+    [
+        ("1.5.2", "1.5.0", True),
+        ("1.5.2", "1.6.0", False),
+        ("0.24.2", "1.0.0", False),
+        ("1.9.1", "1.9.1", True),
+    ],
+)
+def test_version_compatibility_is_by_minor_release(artifact: str, server: str, compatible: bool) -> None:
+    assert is_version_compatible(artifact, server) is compatible
+
+
+def test_check_version_refuses_or_warns(caplog: pytest.LogCaptureFixture) -> None:
+    check_version(None, VersionMismatchPolicy.REFUSE)
+    check_version(sklearn.__version__, VersionMismatchPolicy.REFUSE)
+    with pytest.raises(ArtifactError, match=r"saved with scikit-learn 0\.20\.0.*ON_VERSION_MISMATCH=warn"):
+        check_version("0.20.0", VersionMismatchPolicy.REFUSE)
+    check_version("0.20.0", VersionMismatchPolicy.WARN)
+    assert "serving it anyway" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def mlflow_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    features, labels = load_iris(return_X_y=True, as_frame=True)
+    model = LogisticRegression(max_iter=500).fit(features, labels)
+    directory = tmp_path_factory.mktemp("mlflow") / "model"
+    signature = infer_signature(features, model.predict(features))
+    mlflow.sklearn.save_model(model, directory, signature=signature, input_example=features.head(3))
+    return directory
+
+
+def test_an_mlflow_model_directory_loads_without_mlflow(mlflow_model_dir: Path) -> None:
+    loaded = load(mlflow_model_dir)
+    assert loaded.format == "mlflow"
+    assert loaded.saved_with_sklearn == sklearn.__version__
+    description = loaded.model.description
+    assert description.feature_names == (
+        "sepal length (cm)",
+        "sepal width (cm)",
+        "petal length (cm)",
+        "petal width (cm)",
+    )
+    assert loaded.model.warm_up_rows().shape == (3, 4)
+    assert loaded.model.predict(IRIS_ROW, ["predict"])["predict"].tolist() == [0]
+
+
+def test_an_mlflow_model_saved_with_another_sklearn_is_refused_by_default(
+    mlflow_model_dir: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "model"
+    copy.mkdir()
+    for path in mlflow_model_dir.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    mlmodel = yaml.safe_load((copy / "MLmodel").read_text())
+    mlmodel["flavors"]["sklearn"]["sklearn_version"] = "0.20.0"
+    (copy / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+    with pytest.raises(ArtifactError, match=r"0\.20\.0"):
+        load(copy)
+    assert load(copy, policy=VersionMismatchPolicy.WARN).saved_with_sklearn == "0.20.0"
+
+
+def test_a_cloudpickled_mlflow_model_needs_pickle_allowed(tmp_path: Path, iris_classifier: Any) -> None:
+    import mlflow.sklearn
+
+    directory = tmp_path / "model"
+    mlflow.sklearn.save_model(iris_classifier, directory, serialization_format="cloudpickle")
+    with pytest.raises(ArtifactError, match="ALLOW_PICKLE"):
+        load(directory)
+    assert load(directory, allow_pickle=True).model.predict(IRIS_ROW, ["predict"])["predict"].tolist() == [0]
+
+
+def test_an_mlflow_model_of_another_flavor_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "MLmodel").write_text(yaml.safe_dump({"flavors": {"pytorch": {}, "python_function": {}}}))
+    (tmp_path / "data.pth").write_bytes(b"x")
+    with pytest.raises(ArtifactError, match=r"no sklearn flavor \(flavors: .*pytorch"):
+        load(tmp_path)
