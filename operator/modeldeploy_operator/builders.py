@@ -284,11 +284,16 @@ def _pod_template(
     pod_spec: Manifest = {
         # The server never calls the Kubernetes API; without a token a compromised model has less to steal.
         "automountServiceAccountToken": False,
+        # Service links inject NAME_PORT-style variables; a Service named like the server's
+        # prefix (modeldeploy-server) would otherwise leak variables into its settings.
+        "enableServiceLinks": False,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": SERVER_USER_ID,
             "runAsGroup": SERVER_USER_ID,
             "fsGroup": SERVER_USER_ID,
+            # A large model volume is not re-chowned on every start.
+            "fsGroupChangePolicy": "OnRootMismatch",
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "initContainers": [_fetch_container(image, spec, model)],
