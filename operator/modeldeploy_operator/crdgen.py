@@ -18,7 +18,6 @@ import yaml
 
 from .spec import (
     METADATA_NAME_MAX_LENGTH,
-    METADATA_NAME_MESSAGE,
     METADATA_NAME_PATTERN,
     ModelDeployment,
     ModelDeploymentSpec,
@@ -151,20 +150,24 @@ def _root_schema() -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            # The API server lets a CRD restrict only name and generateName in metadata; a pattern
+            # and length here (not a CEL rule, whose cost estimate would assume a megabyte-long
+            # name) reject names whose children would be invalid, naming metadata.name.
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "name": {
+                        "description": "Name of the ModelDeployment; its children append -stable or -canary.",
+                        "type": "string",
+                        "maxLength": METADATA_NAME_MAX_LENGTH,
+                        "pattern": METADATA_NAME_PATTERN,
+                    }
+                },
+            },
             "spec": spec,
             "status": status,
         },
         "required": ["spec"],
-        "x-kubernetes-validations": [
-            {
-                "rule": (
-                    f"self.metadata.name.size() <= {METADATA_NAME_MAX_LENGTH} && "
-                    f"self.metadata.name.matches('{METADATA_NAME_PATTERN}')"
-                ),
-                "message": METADATA_NAME_MESSAGE,
-            }
-        ],
     }
 
 
