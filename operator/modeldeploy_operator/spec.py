@@ -20,6 +20,10 @@ from pydantic.alias_generators import to_camel
 
 __all__ = [
     "DURATION_PATTERN",
+    "METADATA_NAME_MAX_LENGTH",
+    "METADATA_NAME_MESSAGE",
+    "METADATA_NAME_PATTERN",
+    "MODEL_URI_HELP",
     "MODEL_URI_PATTERN",
     "RESERVED_ENV_PREFIX",
     "Analysis",
@@ -118,7 +122,8 @@ Quantity = Annotated[
 ]
 # A replica count or a percentage, as Kubernetes' IntOrString fields take it.
 IntOrPercent = Annotated[
-    int | Annotated[str, Field(pattern=r"^[0-9]{1,3}%$")], Field(union_mode="left_to_right")
+    Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=r"^[0-9]{1,3}%$")],
+    Field(union_mode="left_to_right"),
 ]
 ShortString = Annotated[str, Field(min_length=1, max_length=253)]
 # Scheduling objects are passed to the pod spec as they are; the API server

@@ -213,3 +213,13 @@ def test_invalid_example_is_rejected_naming_the_field(path: Path) -> None:
         ModelDeployment.model_validate(yaml.safe_load(text))
     lines = error_lines(caught.value)
     assert any(expect[1] in line for line in lines), lines
+
+
+def test_disruption_budget_takes_a_count_or_a_percentage() -> None:
+    for value in (0, 2, "50%"):
+        budget = ModelDeploymentSpec.model_validate(spec_with(podDisruptionBudget={"minAvailable": value}))
+        assert budget.pod_disruption_budget is not None
+        assert budget.pod_disruption_budget.min_available == value
+    for bad in (-1, "half", "50"):
+        with pytest.raises(ValidationError, match="minAvailable"):
+            ModelDeploymentSpec.model_validate(spec_with(podDisruptionBudget={"minAvailable": bad}))
