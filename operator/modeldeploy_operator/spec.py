@@ -117,12 +117,14 @@ def _validations(*rules: dict[str, str]) -> dict[str, Any]:
 
 
 Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=64)]
+# Strict integers, so a string like "2" stays the string the user wrote (as the API server keeps it).
 Quantity = Annotated[
-    int | Annotated[str, Field(pattern=_QUANTITY_PATTERN)], Field(union_mode="left_to_right")
+    Annotated[int, Field(strict=True)] | Annotated[str, Field(pattern=_QUANTITY_PATTERN)],
+    Field(union_mode="left_to_right"),
 ]
 # A replica count or a percentage, as Kubernetes' IntOrString fields take it.
 IntOrPercent = Annotated[
-    Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=r"^[0-9]{1,3}%$")],
+    Annotated[int, Field(ge=0, strict=True)] | Annotated[str, Field(pattern=r"^[0-9]{1,3}%$")],
     Field(union_mode="left_to_right"),
 ]
 ShortString = Annotated[str, Field(min_length=1, max_length=253)]
