@@ -31,6 +31,7 @@ __all__ = [
     "LABEL_MANAGED_BY",
     "LABEL_NAME",
     "LABEL_VARIANT",
+    "MANAGER_NAME",
     "MODEL_DIR",
     "MODEL_REVISION_ANNOTATION",
     "SERVER_APP_NAME",

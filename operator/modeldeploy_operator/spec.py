@@ -634,6 +634,10 @@ class StableModel(CamelModel):
     since: datetime
     """When this model became the stable one."""
 
+    def source(self) -> ModelSource:
+        """The model as the builders take it, to rebuild the stable Deployment from status alone."""
+        return ModelSource(uri=self.uri, format=self.format, version=self.version, sha256=self.digest)
+
 
 class CheckResult(CamelModel):
     """The last evaluation of one analysis check."""

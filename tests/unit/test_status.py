@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from modeldeploy_operator.spec import ModelDeploymentSpec, ModelSource
+from modeldeploy_operator.spec import ModelDeploymentSpec, ModelSource, StableModel
 from modeldeploy_operator.status import (
     PodProblem,
     compute_status,
@@ -391,3 +391,8 @@ def test_summarize_pod_problems() -> None:
         PodProblem("b", "server", "ErrImagePull", "not found"),
         PodProblem("c", "fetch-model", "Error", ""),
     ]
+
+
+def test_stable_model_in_status_rebuilds_the_model_it_serves() -> None:
+    stable = status(deployment())["stable"]
+    assert StableModel.model_validate(stable).source() == SPEC.model
