@@ -1,0 +1,200 @@
+"""The reconcile of one ModelDeployment: desired children applied, status observed and written.
+
+It runs for every trigger (create, update, resume, a child's change, the periodic timer)
+and is idempotent: when nothing changed, it applies identical objects (which the API server
+does not persist) and writes no status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from modeldeploy_operator.builders import (
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_VARIANT,
+    MANAGER_NAME,
+    SERVER_APP_NAME,
+    Owner,
+    build_children,
+    deployment_name,
+)
+from modeldeploy_operator.kube import KubeStorage, Manifest
+from modeldeploy_operator.settings import OperatorSettings
+from modeldeploy_operator.spec import ModelDeploymentSpec
+from modeldeploy_operator.status import (
+    compute_status,
+    invalid_spec_status,
+    status_patch,
+    summarize_pod_problems,
+)
+
+# How long a child's event waits for the rest of its burst before the owner is reconciled.
+COALESCE_SECONDS = 0.5
+
+# Children that exist only while the spec asks for them.
+OPTIONAL_CHILD_KINDS = {"HorizontalPodAutoscaler": "autoscaling/v2", "PodDisruptionBudget": "policy/v1"}
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post about the ModelDeployment."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass
+class Outcome:
+    """What one reconcile did, for the handler layer to report."""
+
+    status_written: bool = False
+    events: list[Event] = field(default_factory=list)
+
+
+def validation_message(error: ValidationError) -> str:
+    """One line per problem, each naming the field as a path under spec."""
+    problems = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in ("spec", *item["loc"]))
+        problems.append(f"{path}: {item['msg']}")
+    return "; ".join(problems)
+
+
+def _condition(status: Mapping[str, Any] | None, kind: str, key: str = "status") -> str:
+    for condition in (status or {}).get("conditions", []):
+        if condition.get("type") == kind:
+            return str(condition.get(key, ""))
+    return ""
+
+
+def transition_events(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -> list[Event]:
+    """Events for the condition changes people care about: became Ready, became Stalled."""
+    events = []
+    if _condition(current, "Ready") == "True" and _condition(previous, "Ready") != "True":
+        stable = current.get("stable", {})
+        events.append(
+            Event(
+                "Normal", "Ready", f"Model {stable.get('uri')} (version {stable.get('version')}) is serving"
+            )
+        )
+    if _condition(current, "Stalled") == "True" and (
+        _condition(previous, "Stalled") != "True"
+        or _condition(previous, "Stalled", "message") != _condition(current, "Stalled", "message")
+    ):
+        events.append(
+            Event(
+                "Warning", _condition(current, "Stalled", "reason"), _condition(current, "Stalled", "message")
+            )
+        )
+    return events
+
+
+class Reconciler:
+    """Reconciles ModelDeployments one at a time per object (triggers may arrive concurrently)."""
+
+    def __init__(
+        self,
+        storage: KubeStorage,
+        settings: OperatorSettings,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._storage = storage
+        self._settings = settings
+        self._clock = clock
+        self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._queued: set[tuple[str, str]] = set()
+
+    async def reconcile_by_name(self, name: str, namespace: str) -> tuple[Manifest, Outcome] | None:
+        """Reconciles the ModelDeployment as stored when its turn comes.
+
+        Child events arrive in bursts (every pod of a rollout changes several times); one
+        reconcile already waiting covers them all, because it reads the object afresh.
+        Returns None when the trigger was coalesced or the ModelDeployment is gone.
+        """
+        key = (namespace, name)
+        if key in self._queued:
+            return None
+        self._queued.add(key)
+        try:
+            await asyncio.sleep(COALESCE_SECONDS)
+            async with self._locks[key]:
+                self._queued.discard(key)
+                body = await self._storage.get_model_deployment(name, namespace)
+                if body is None:
+                    return None
+                return body, await self._reconcile(body)
+        finally:
+            self._queued.discard(key)
+
+    async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
+        metadata = body["metadata"]
+        async with self._locks[(metadata["namespace"], metadata["name"])]:
+            return await self._reconcile(body)
+
+    async def _reconcile(self, body: Mapping[str, Any]) -> Outcome:
+        if body["metadata"].get("deletionTimestamp"):
+            # Being deleted: the garbage collector removes the children; recreating them would race it.
+            return Outcome()
+        owner = Owner.from_body(body)
+        generation = int(body["metadata"].get("generation", 1))
+        previous = body.get("status")
+        try:
+            spec = ModelDeploymentSpec.model_validate(body.get("spec", {}))
+        except ValidationError as error:
+            # A spec the schema could not catch: report it and keep what runs, no retries.
+            status = invalid_spec_status(
+                generation=generation, message=validation_message(error), now=self._clock(), previous=previous
+            )
+            return await self._write_status(owner, previous, status)
+
+        applied = [await self._storage.apply(child) for child in build_children(owner, spec, self._settings)]
+        await self._delete_unwanted_children(owner, applied)
+        stable_name = deployment_name(owner.name, "stable")
+        stable = next(
+            c for c in applied if c["kind"] == "Deployment" and c["metadata"]["name"] == stable_name
+        )
+        pods = await self._storage.list(
+            "v1",
+            "Pod",
+            owner.namespace,
+            {LABEL_NAME: SERVER_APP_NAME, LABEL_INSTANCE: owner.name, LABEL_VARIANT: "stable"},
+        )
+        status = compute_status(
+            name=owner.name,
+            namespace=owner.namespace,
+            generation=generation,
+            spec=spec,
+            deployment=stable,
+            pod_problems=summarize_pod_problems(pods),
+            now=self._clock(),
+            previous=previous,
+        )
+        return await self._write_status(owner, previous, status)
+
+    async def _delete_unwanted_children(self, owner: Owner, applied: list[Manifest]) -> None:
+        wanted = {(child["kind"], child["metadata"]["name"]) for child in applied}
+        owned = {LABEL_INSTANCE: owner.name, LABEL_MANAGED_BY: MANAGER_NAME}
+        for kind, api_version in OPTIONAL_CHILD_KINDS.items():
+            for existing in await self._storage.list(api_version, kind, owner.namespace, owned):
+                name = existing["metadata"]["name"]
+                if (kind, name) not in wanted:
+                    await self._storage.delete(api_version, kind, name, owner.namespace)
+
+    async def _write_status(
+        self, owner: Owner, previous: Mapping[str, Any] | None, status: Manifest
+    ) -> Outcome:
+        patch = status_patch(previous, status)
+        if patch is None:
+            return Outcome()
+        await self._storage.patch_status(owner.name, owner.namespace, patch)
+        return Outcome(status_written=True, events=transition_events(previous, status))

@@ -1,0 +1,128 @@
+"""Runs the operator as a subprocess with exactly the chart's RBAC rules, as its service account."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modeldeploy_localcluster.cluster import LocalCluster, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "crds" / "modeldeploy.io_modeldeployments.yaml"
+RULE_FILES = (
+    REPO / "charts" / "modeldeploy" / "files" / "operator-rules.yaml",
+    REPO / "charts" / "modeldeploy" / "files" / "operator-cluster-rules.yaml",
+)
+OPERATOR_NAMESPACE = "modeldeploy-system"
+SERVICE_ACCOUNT = "modeldeploy-operator"
+TEST_SERVER_IMAGE = "registry.invalid/modeldeploy-server:test"
+
+
+def install_crd_and_rbac(cluster: LocalCluster) -> None:
+    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.io", "--timeout=60s"
+    )
+    rules = [rule for path in RULE_FILES for rule in yaml.safe_load(path.read_text())]
+    objects: list[dict[str, Any]] = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}},
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": SERVICE_ACCOUNT, "namespace": OPERATOR_NAMESPACE},
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "modeldeploy-operator"},
+            "rules": rules,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "modeldeploy-operator"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "modeldeploy-operator",
+            },
+            "subjects": [
+                {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": OPERATOR_NAMESPACE}
+            ],
+        },
+    ]
+    cluster.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(objects))
+
+
+def service_account_kubeconfig(cluster: LocalCluster, path: Path) -> Path:
+    """A kubeconfig that authenticates as the operator's service account, with a real token."""
+    token = cluster.kubectl(
+        "create", "token", SERVICE_ACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration=2h"
+    ).strip()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    admin["users"] = [{"name": "admin", "user": {"token": token}}]
+    path.write_text(yaml.safe_dump(admin))
+    return path
+
+
+class OperatorProcess:
+    """`modeldeploy-operator` in a subprocess; its log is kept for assertions and failures."""
+
+    def __init__(self, kubeconfig: Path, log: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.kubeconfig = kubeconfig
+        self.log = log
+        self.port = free_port()
+        self.extra_env = extra_env or {}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "MODELDEPLOY_OPERATOR_SERVER_IMAGE": TEST_SERVER_IMAGE,
+            **self.extra_env,
+        }
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "modeldeploy-operator"),
+                    f"--liveness=http://127.0.0.1:{self.port}/healthz",
+                    "--verbose",
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the operator exited at start-up:\n{self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"the operator never became live:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")

@@ -1,0 +1,266 @@
+"""The operator against the real control plane: reconcile, status, drift, deletion, restarts."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kube_helpers import wait_until
+from modeldeploy_localcluster.cluster import LocalCluster
+from operator_harness import REPO, TEST_SERVER_IMAGE, OperatorProcess
+
+pytestmark = pytest.mark.cluster
+
+IRIS = yaml.safe_load((REPO / "examples" / "iris.yaml").read_text())
+OWNED = (
+    ("deployment", "iris-stable"),
+    ("service", "iris"),
+    ("service", "iris-stable"),
+    ("service", "iris-canary"),
+    ("poddisruptionbudget", "iris"),
+)
+
+
+def apply(cluster: LocalCluster, namespace: str, manifest: dict[str, Any]) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(manifest))
+
+
+def get(cluster: LocalCluster, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
+    found = cluster.kubectl(
+        "get", kind, name, "-n", namespace, "-o", "json", "--ignore-not-found", "--show-managed-fields"
+    )
+    return json.loads(found) if found.strip() else None
+
+
+def condition(body: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+    for item in (body or {}).get("status", {}).get("conditions", []):
+        if item["type"] == kind:
+            return dict(item)
+    return {}
+
+
+def iris(**spec_changes: Any) -> dict[str, Any]:
+    manifest = copy.deepcopy(IRIS)
+    manifest["spec"].update(spec_changes)
+    return manifest
+
+
+def wait_ready(cluster: LocalCluster, namespace: str, name: str = "iris") -> dict[str, Any]:
+    cluster.kubectl(
+        "wait", "--for=condition=Ready", f"modeldeployment/{name}", "-n", namespace, "--timeout=90s"
+    )
+    body = get(cluster, namespace, "modeldeployment", name)
+    assert body is not None
+    return body
+
+
+def test_create_builds_children_and_becomes_ready(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    apply(cluster, namespace, iris())
+
+    wait_until(lambda: get(cluster, namespace, "deployment", "iris-stable") is not None, "iris-stable")
+    md = get(cluster, namespace, "modeldeployment", "iris")
+    assert md is not None
+    for kind, name in OWNED:
+        child = get(cluster, namespace, kind, name)
+        assert child is not None, f"{kind} {name} missing"
+        owner = child["metadata"]["ownerReferences"][0]
+        assert (owner["kind"], owner["name"], owner["uid"]) == (
+            "ModelDeployment",
+            "iris",
+            md["metadata"]["uid"],
+        )
+        assert owner["controller"] is True
+        labels = child["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == "iris"
+        assert labels["app.kubernetes.io/managed-by"] == "modeldeploy"
+        managers = {entry["manager"] for entry in child["metadata"]["managedFields"]}
+        assert "modeldeploy" in managers
+
+    deployment = get(cluster, namespace, "deployment", "iris-stable")
+    assert deployment is not None
+    pod = deployment["spec"]["template"]["spec"]
+    assert deployment["spec"]["replicas"] == 2
+    assert pod["containers"][0]["image"] == TEST_SERVER_IMAGE
+    assert pod["initContainers"][0]["args"][:3] == ["fetch", "--uri", IRIS["spec"]["model"]["uri"]]
+    assert pod["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    env = {item["name"]: item.get("value") for item in pod["containers"][0]["env"]}
+    assert env["MODELDEPLOY_SERVER_MODEL_NAME"] == "iris"
+    assert env["MODELDEPLOY_SERVER_VARIANT"] == "stable"
+
+    ready = wait_ready(cluster, namespace)
+    status = ready["status"]
+    assert status["observedGeneration"] == ready["metadata"]["generation"]
+    assert status["phase"] == "Ready"
+    assert condition(ready, "Stalled")["status"] == "False"
+    assert condition(ready, "Progressing")["status"] == "False"
+    assert status["readyReplicas"] == 2
+    assert status["stable"]["uri"] == IRIS["spec"]["model"]["uri"]
+    assert status["url"] == f"http://iris.{namespace}.svc.cluster.local"
+    assert status["selector"] == "app.kubernetes.io/instance=iris,app.kubernetes.io/name=modeldeploy-server"
+    events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector", "reason=Ready")
+    assert "ModelDeployment/iris" in events or "modeldeployment/iris" in events
+
+
+def test_update_follows_and_hand_edits_are_put_back(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    apply(cluster, namespace, iris())
+    first = wait_ready(cluster, namespace)
+
+    changed = iris(replicas=3)
+    changed["spec"]["server"]["resources"]["requests"]["cpu"] = "250m"
+    apply(cluster, namespace, changed)
+
+    def updated() -> bool:
+        deployment = get(cluster, namespace, "deployment", "iris-stable") or {}
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        return deployment["spec"]["replicas"] == 3 and container["resources"]["requests"]["cpu"] == "250m"
+
+    wait_until(updated, "the Deployment to follow replicas and resources")
+    wait_until(
+        lambda: (get(cluster, namespace, "modeldeployment", "iris") or {})["status"]["observedGeneration"]
+        == first["metadata"]["generation"] + 1,
+        "observedGeneration to follow the new generation",
+    )
+    wait_ready(cluster, namespace)
+
+    # Hand edits of owned objects are reverted on the next reconcile (triggered by the edit).
+    cluster.kubectl(
+        "set", "image", "deployment/iris-stable", "server=registry.invalid/tampered:1", "-n", namespace
+    )
+    cluster.kubectl(
+        "patch", "service", "iris", "-n", namespace, "--type=json",
+        "-p", '[{"op": "replace", "path": "/spec/ports/0/targetPort", "value": 9999}]',
+    )  # fmt: skip
+
+    def reverted() -> bool:
+        deployment = get(cluster, namespace, "deployment", "iris-stable") or {}
+        service = get(cluster, namespace, "service", "iris") or {}
+        image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+        return image == TEST_SERVER_IMAGE and service["spec"]["ports"][0]["targetPort"] != 9999
+
+    wait_until(reverted, "the hand edits to be put back", timeout=30)
+
+
+def test_autoscaler_owns_replicas_and_optional_children_follow_the_spec(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    apply(cluster, namespace, iris(autoscaling={"minReplicas": 2, "maxReplicas": 5}))
+    wait_until(lambda: get(cluster, namespace, "hpa", "iris") is not None, "the HPA")
+    wait_ready(cluster, namespace)
+
+    # What the HPA controller would do: scale the Deployment under its own field manager.
+    cluster.kubectl("scale", "deployment/iris-stable", "--replicas=4", "-n", namespace)
+    # A change elsewhere in the spec triggers a full reconcile; the replica count must survive it.
+    apply(cluster, namespace, iris(autoscaling={"minReplicas": 2, "maxReplicas": 6}))
+    wait_until(
+        lambda: (get(cluster, namespace, "hpa", "iris") or {})["spec"]["maxReplicas"] == 6,
+        "the HPA to follow the spec",
+    )
+    deployment = get(cluster, namespace, "deployment", "iris-stable")
+    assert deployment is not None and deployment["spec"]["replicas"] == 4
+
+    without = iris()
+    del without["spec"]["podDisruptionBudget"]
+    apply(cluster, namespace, without)
+    wait_until(lambda: get(cluster, namespace, "hpa", "iris") is None, "the HPA to be deleted")
+    wait_until(lambda: get(cluster, namespace, "pdb", "iris") is None, "the PDB to be deleted")
+
+
+def test_delete_removes_every_child(cluster: LocalCluster, operator: OperatorProcess, namespace: str) -> None:
+    apply(cluster, namespace, iris())
+    wait_ready(cluster, namespace)
+
+    cluster.kubectl("delete", "modeldeployment", "iris", "-n", namespace, "--wait=true")
+
+    for kind, name in OWNED:
+        wait_until(
+            lambda k=kind, n=name: get(cluster, namespace, k, n) is None, f"{kind} {name} to be collected"
+        )
+    wait_until(
+        lambda: cluster.kubectl("get", "pods", "-n", namespace, "--no-headers").strip() == "",
+        "the server pods to go",
+    )
+
+
+def test_pods_that_cannot_start_are_reported_stalled(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    stuck = iris(nodeSelector={"no-such-label": "x"}, progressDeadline="5s")
+    apply(cluster, namespace, stuck)
+
+    def stalled() -> bool:
+        return (
+            condition(get(cluster, namespace, "modeldeployment", "iris"), "Stalled").get("status") == "True"
+        )
+
+    wait_until(stalled, "the ModelDeployment to be Stalled", timeout=90)
+    body = get(cluster, namespace, "modeldeployment", "iris")
+    assert body is not None
+    assert body["status"]["phase"] == "Stalled"
+    assert condition(body, "Ready")["status"] == "False"
+    assert condition(body, "Stalled")["message"]
+
+
+INVALID = sorted((REPO / "examples" / "invalid").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("manifest", INVALID, ids=[path.stem for path in INVALID])
+def test_invalid_manifests_are_rejected_by_the_api_server_naming_the_field(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str, manifest: Path
+) -> None:
+    text = manifest.read_text()
+    expected = text.splitlines()[0].removeprefix("# expect:").strip()
+    assert expected, f"{manifest.name} must start with '# expect: <text of the error>'"
+
+    rejected = cluster.kubectl("apply", "-n", namespace, "-f", str(manifest), check=False)
+
+    assert "is invalid" in rejected or "error" in rejected.lower(), rejected
+    assert expected in rejected, rejected
+    name = yaml.safe_load(text)["metadata"]["name"]
+    assert get(cluster, namespace, "modeldeployment", name) is None
+
+
+def test_restart_resumes_without_writing_anything(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    apply(cluster, namespace, iris())
+    wait_ready(cluster, namespace)
+    time.sleep(2)  # let the last child events settle
+
+    def operator_writes() -> dict[str, Any]:
+        """What the operator last wrote: the ModelDeployment's version (only the user and the
+        operator write it) and, per child, the operator's managed-fields entry (controllers
+        update the children's status on their own, so their resourceVersion may move)."""
+        writes: dict[str, Any] = {}
+        md = get(cluster, namespace, "modeldeployment", "iris") or {}
+        writes["modeldeployment/iris"] = md["metadata"]["resourceVersion"]
+        for kind, name in OWNED:
+            child = get(cluster, namespace, kind, name) or {}
+            ours = [
+                entry for entry in child["metadata"]["managedFields"] if entry["manager"] == "modeldeploy"
+            ]
+            writes[f"{kind}/{name}"] = ours
+        return writes
+
+    before = operator_writes()
+    operator.stop()
+    log_size = len(operator.log_text())
+    operator.start()
+    wait_until(
+        lambda: f"[{namespace}/iris]" in operator.log_text()[log_size:]
+        and "succeeded" in operator.log_text()[log_size:],
+        "the restarted operator to resume iris",
+    )
+    time.sleep(3)
+
+    assert operator_writes() == before
