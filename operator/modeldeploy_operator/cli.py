@@ -1,13 +1,104 @@
-"""`modeldeploy-operator`: runs the kopf operator with the settings from the environment."""
+"""`modeldeploy-operator`: runs the kopf operator with the settings from the environment.
+
+With leader election on (the default), the process first waits for the Lease, answering
+its liveness probe meanwhile, and runs kopf only while it holds the Lease.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import signal
+import socket
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import kopf
+from lightkube import AsyncClient, KubeConfig
 
 from modeldeploy_operator import handlers  # noqa: F401 - importing registers the kopf handlers
+from modeldeploy_operator.kube import LeaseStore
+from modeldeploy_operator.leadership import LeaderElector
 from modeldeploy_operator.settings import OperatorSettings
+
+KEEPER_JOIN_SECONDS = 10.0
+
+
+class _AliveHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"standby": true}')
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Probes every few seconds are not worth a log line."""
+
+
+@contextmanager
+def standby_liveness(endpoint: str) -> Iterator[None]:
+    """Answers the liveness probe while waiting for the Lease (kopf serves it once running)."""
+    address = urlsplit(endpoint)
+    server = ThreadingHTTPServer((address.hostname or "0.0.0.0", address.port or 80), _AliveHandler)  # noqa: S104 - pods listen on all interfaces
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _elector(client: AsyncClient, settings: OperatorSettings, identity: str) -> LeaderElector:
+    store = LeaseStore(client, settings.leader_election_lease_name, settings.leader_election_namespace)
+    return LeaderElector(store, identity, timedelta(seconds=settings.leader_election_lease_seconds))
+
+
+async def _acquire(settings: OperatorSettings, identity: str) -> None:
+    client = AsyncClient(config=KubeConfig.from_env())
+    try:
+        await _elector(client, settings, identity).acquire()
+    finally:
+        await client.close()
+
+
+async def _keep(
+    settings: OperatorSettings,
+    identity: str,
+    stop: threading.Event,
+    lost: threading.Event,
+) -> None:
+    client = AsyncClient(config=KubeConfig.from_env())
+
+    def give_up() -> None:
+        lost.set()
+        # kopf stops gracefully on SIGTERM; its stop_flag would leave a thread blocking its exit.
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    elector = _elector(client, settings, identity)
+    try:
+        await elector.keep(stop, give_up)
+        if not lost.is_set():
+            await elector.release()
+    finally:
+        await client.close()
+
+
+def _run_kopf(settings: OperatorSettings, liveness: str) -> None:
+    kopf.run(
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        liveness_endpoint=liveness,
+        standalone=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,9 +114,20 @@ def main(argv: list[str] | None = None) -> None:
         log_prefix=True,
         log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL,
     )
-    kopf.run(
-        clusterwide=not settings.namespaces,
-        namespaces=settings.namespaces,
-        liveness_endpoint=args.liveness,
-        standalone=True,
-    )
+    if not settings.leader_election:
+        _run_kopf(settings, args.liveness)
+        return
+
+    identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    with standby_liveness(args.liveness):
+        asyncio.run(_acquire(settings, identity))
+    stop, lost = threading.Event(), threading.Event()
+    keeper = threading.Thread(target=lambda: asyncio.run(_keep(settings, identity, stop, lost)), daemon=True)
+    keeper.start()
+    try:
+        _run_kopf(settings, args.liveness)
+    finally:
+        stop.set()
+        keeper.join(timeout=KEEPER_JOIN_SECONDS)
+    if lost.is_set():
+        sys.exit("modeldeploy-operator: lost the leader-election Lease")

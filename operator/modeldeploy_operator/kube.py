@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -125,3 +127,76 @@ class KubeStorage:
 
     async def get_model_deployment(self, name: str, namespace: str) -> Manifest | None:
         return await self.get(f"{GROUP}/{VERSION}", KIND, name, namespace)
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """The parts of a coordination.k8s.io Lease that leader election reads and writes."""
+
+    holder: str
+    duration_seconds: int
+    acquire_time: datetime | None
+    renew_time: datetime | None
+    transitions: int
+    resource_version: str | None
+    """None for a Lease that does not exist yet (written by create, not replace)."""
+
+
+# Leases as plain dicts: lightkube's typed Lease writes times without the microseconds that the
+# API server's MicroTime requires.
+LeaseResource = create_namespaced_resource("coordination.k8s.io", "v1", "Lease", "leases")
+MICRO_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def _micro_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+class LeaseStore:
+    """Reads and writes one Lease, with optimistic concurrency on its resourceVersion."""
+
+    def __init__(self, client: AsyncClient, name: str, namespace: str) -> None:
+        self._client = client
+        self._name = name
+        self._namespace = namespace
+
+    async def read_lease(self) -> LeaseRecord | None:
+        try:
+            with _api_call(_describe("get", "Lease", self._name, self._namespace)):
+                lease = await self._client.get(LeaseResource, self._name, namespace=self._namespace)
+        except KubernetesError as error:
+            if error.is_not_found:
+                return None
+            raise
+        spec = lease.get("spec") or {}
+        return LeaseRecord(
+            holder=spec.get("holderIdentity") or "",
+            duration_seconds=spec.get("leaseDurationSeconds") or 0,
+            acquire_time=_micro_time(spec.get("acquireTime")),
+            renew_time=_micro_time(spec.get("renewTime")),
+            transitions=spec.get("leaseTransitions") or 0,
+            resource_version=lease["metadata"]["resourceVersion"],
+        )
+
+    async def write_lease(self, record: LeaseRecord) -> None:
+        """Creates or replaces the Lease; a 409 means another candidate wrote it first."""
+        spec: dict[str, Any] = {
+            "leaseDurationSeconds": record.duration_seconds,
+            "leaseTransitions": record.transitions,
+        }
+        if record.holder:
+            spec["holderIdentity"] = record.holder
+        for key, value in (("acquireTime", record.acquire_time), ("renewTime", record.renew_time)):
+            if value is not None:
+                spec[key] = value.astimezone(UTC).strftime(MICRO_TIME_FORMAT)
+        metadata: dict[str, Any] = {"name": self._name, "namespace": self._namespace}
+        if record.resource_version is not None:
+            metadata["resourceVersion"] = record.resource_version
+        lease = LeaseResource.from_dict(
+            {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
+        )
+        with _api_call(_describe("write", "Lease", self._name, self._namespace)):
+            if record.resource_version is None:
+                await self._client.create(lease)
+            else:
+                await self._client.replace(lease)

@@ -36,6 +36,18 @@ class OperatorSettings(BaseSettings):
     """Whether model servers may load pickle/joblib artifacts, which can run arbitrary code when loaded;
     off by default so only safe formats load."""
 
+    leader_election: bool = True
+    """Run only while holding a Lease, so that several replicas never reconcile at once."""
+
+    leader_election_namespace: str = Field(default="modeldeploy-system", min_length=1)
+    """Namespace of the leader-election Lease (the chart sets it to the operator's own namespace)."""
+
+    leader_election_lease_name: str = Field(default="modeldeploy-operator", min_length=1)
+    """Name of the leader-election Lease."""
+
+    leader_election_lease_seconds: int = Field(default=15, ge=1)
+    """How long a leader that stopped renewing keeps the Lease before a standby takes over."""
+
     @field_validator("namespaces", mode="before")
     @classmethod
     def _split_namespaces(cls, value: object) -> object:

@@ -17,13 +17,33 @@ from modeldeploy_localcluster.cluster import LocalCluster, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "modeldeploy.io_modeldeployments.yaml"
-RULE_FILES = (
-    REPO / "charts" / "modeldeploy" / "files" / "operator-rules.yaml",
-    REPO / "charts" / "modeldeploy" / "files" / "operator-cluster-rules.yaml",
-)
+RULES = REPO / "charts" / "modeldeploy" / "files"
+RULE_FILES = (RULES / "operator-rules.yaml", RULES / "operator-cluster-rules.yaml")
+LEADER_ELECTION_RULES = RULES / "operator-leader-election-rules.yaml"
+LEASE_SECONDS = 3
 OPERATOR_NAMESPACE = "modeldeploy-system"
 SERVICE_ACCOUNT = "modeldeploy-operator"
 TEST_SERVER_IMAGE = "registry.invalid/modeldeploy-server:test"
+
+
+def role_and_binding(
+    name: str, rules: list[dict[str, Any]], namespace: str | None = None
+) -> list[dict[str, Any]]:
+    """A (Cluster)Role with these rules, bound to the operator's service account."""
+    kind = "Role" if namespace else "ClusterRole"
+    metadata = {"name": name, **({"namespace": namespace} if namespace else {})}
+    return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": metadata, "rules": rules},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": f"{kind}Binding",
+            "metadata": metadata,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name},
+            "subjects": [
+                {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": OPERATOR_NAMESPACE}
+            ],
+        },
+    ]
 
 
 def install_crd_and_rbac(cluster: LocalCluster) -> None:
@@ -31,7 +51,7 @@ def install_crd_and_rbac(cluster: LocalCluster) -> None:
     cluster.kubectl(
         "wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.io", "--timeout=60s"
     )
-    rules = [rule for path in RULE_FILES for rule in yaml.safe_load(path.read_text())]
+    cluster_rules = [rule for path in RULE_FILES for rule in yaml.safe_load(path.read_text())]
     objects: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}},
         {
@@ -39,25 +59,12 @@ def install_crd_and_rbac(cluster: LocalCluster) -> None:
             "kind": "ServiceAccount",
             "metadata": {"name": SERVICE_ACCOUNT, "namespace": OPERATOR_NAMESPACE},
         },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": {"name": "modeldeploy-operator"},
-            "rules": rules,
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": "modeldeploy-operator"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": "modeldeploy-operator",
-            },
-            "subjects": [
-                {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": OPERATOR_NAMESPACE}
-            ],
-        },
+        *role_and_binding("modeldeploy-operator", cluster_rules),
+        *role_and_binding(
+            "modeldeploy-leader-election",
+            yaml.safe_load(LEADER_ELECTION_RULES.read_text()),
+            namespace=OPERATOR_NAMESPACE,
+        ),
     ]
     cluster.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(objects))
 
@@ -88,6 +95,8 @@ class OperatorProcess:
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
             "MODELDEPLOY_OPERATOR_SERVER_IMAGE": TEST_SERVER_IMAGE,
+            "MODELDEPLOY_OPERATOR_LEADER_ELECTION_NAMESPACE": OPERATOR_NAMESPACE,
+            "MODELDEPLOY_OPERATOR_LEADER_ELECTION_LEASE_SECONDS": str(LEASE_SECONDS),
             **self.extra_env,
         }
         with self.log.open("ab") as log:
@@ -114,10 +123,10 @@ class OperatorProcess:
             time.sleep(0.3)
         raise RuntimeError(f"the operator never became live:\n{self.log.read_text()[-3000:]}")
 
-    def stop(self) -> None:
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.send_signal(signal.SIGTERM)
+        self.process.send_signal(sig)
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:

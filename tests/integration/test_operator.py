@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -235,7 +236,6 @@ def test_restart_resumes_without_writing_anything(
 ) -> None:
     apply(cluster, namespace, iris())
     wait_ready(cluster, namespace)
-    time.sleep(2)  # let the last child events settle
 
     def operator_writes() -> dict[str, Any]:
         """What the operator last wrote: the ModelDeployment's version (only the user and the
@@ -243,7 +243,11 @@ def test_restart_resumes_without_writing_anything(
         update the children's status on their own, so their resourceVersion may move)."""
         writes: dict[str, Any] = {}
         md = get(cluster, namespace, "modeldeployment", "iris") or {}
-        writes["modeldeployment/iris"] = md["metadata"]["resourceVersion"]
+        writes["modeldeployment/iris"] = {
+            "resourceVersion": md["metadata"]["resourceVersion"],
+            "annotations": md["metadata"].get("annotations"),
+            "status": md.get("status"),
+        }
         for kind, name in OWNED:
             child = get(cluster, namespace, kind, name) or {}
             ours = [
@@ -252,7 +256,15 @@ def test_restart_resumes_without_writing_anything(
             writes[f"{kind}/{name}"] = ours
         return writes
 
+    # Pod and Deployment status settle for a while after Ready; start from a quiet state.
     before = operator_writes()
+    quiet_since = time.monotonic()
+    deadline = quiet_since + 60
+    while time.monotonic() - quiet_since < 5 and time.monotonic() < deadline:
+        time.sleep(1)
+        now = operator_writes()
+        if now != before:
+            before, quiet_since = now, time.monotonic()
     operator.stop()
     log_size = len(operator.log_text())
     operator.start()
@@ -264,3 +276,28 @@ def test_restart_resumes_without_writing_anything(
     time.sleep(3)
 
     assert operator_writes() == before
+
+
+def test_only_the_lease_holder_reconciles_and_a_standby_takes_over(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    standby = OperatorProcess(operator.kubeconfig, tmp_path / "standby.log")
+    standby.start()
+    try:
+        wait_until(lambda: "Waiting to become the leader" in standby.log_text(), "the second replica to wait")
+        apply(cluster, namespace, iris())
+        wait_ready(cluster, namespace)
+        assert f"[{namespace}/iris]" not in standby.log_text()
+
+        # The leader dies without giving the Lease up; the standby takes over once it expires.
+        operator.stop(signal.SIGKILL)
+        wait_until(lambda: "Became the leader" in standby.log_text(), "the standby to take over", timeout=30)
+        apply(cluster, namespace, iris(replicas=3))
+        wait_until(
+            lambda: (get(cluster, namespace, "deployment", "iris-stable") or {})["spec"]["replicas"] == 3,
+            "the new leader to reconcile",
+        )
+    finally:
+        standby.stop()
+        operator.start()
+    wait_until(lambda: "Became the leader" in operator.log_text(), "the first replica to lead again")
