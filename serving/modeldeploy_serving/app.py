@@ -5,7 +5,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -40,10 +40,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 class ServerState:
-    """What the process knows beyond the data plane: whether loading failed."""
+    """What the process knows beyond the data plane: whether loading failed, and how to stop."""
 
     def __init__(self) -> None:
         self.load_error: BaseException | None = None
+        self.request_shutdown: Callable[[], None] = _signal_shutdown
 
 
 def create_app(
@@ -91,11 +92,11 @@ async def _load(plane: DataPlane, state: ServerState) -> None:
     except Exception as error:
         state.load_error = error
         logger.error("Could not load the model: %s", error)
-        _stop_process()
+        state.request_shutdown()
 
 
-def _stop_process() -> None:
-    """Ask the server to shut down; the CLI turns the recorded load error into a failing exit."""
+def _signal_shutdown() -> None:
+    """Shut down as on SIGTERM: the fallback when the server has no direct handle to stop."""
     os.kill(os.getpid(), signal.SIGTERM)
 
 

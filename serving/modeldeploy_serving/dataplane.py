@@ -56,6 +56,7 @@ class DataPlane:
             settings.model_sha256,
             settings.allow_pickle,
             settings.on_version_mismatch,
+            settings.trusted_types,
         )
         self.serve_model(artifact.model)
         self._artifact = artifact

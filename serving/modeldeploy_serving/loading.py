@@ -6,10 +6,12 @@ skops trusts only. The scikit-learn version an artifact was saved with is compar
 server's before the model is served.
 """
 
+import importlib
 import json
 import logging
 import pickle
 import warnings
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,7 @@ def load_artifact(
     expected_sha256: str | None,
     allow_pickle: bool,
     on_version_mismatch: VersionMismatchPolicy,
+    trusted_types: Collection[str] = (),
 ) -> LoadedArtifact:
     """Verify the digest, read the artifact and wrap it as a model; ArtifactError says why not."""
     if not model_dir.exists():
@@ -112,20 +115,22 @@ def load_artifact(
     if requested_format is ModelFormat.SKLEARN and concrete_format == "mlflow":
         raise ArtifactError(f"format is set to sklearn but {root} is an MLflow model directory")
     if concrete_format == "mlflow":
-        model, saved_with = _load_mlflow(root, allow_pickle)
+        model, saved_with = _load_mlflow(root, allow_pickle, trusted_types)
     else:
-        estimator, saved_with = load_estimator_file(root, concrete_format, allow_pickle)
+        estimator, saved_with = load_estimator_file(root, concrete_format, allow_pickle, trusted_types)
         model = _wrap(estimator)
     check_version(saved_with, on_version_mismatch)
     return LoadedArtifact(model=model, digest=digest, format=concrete_format, saved_with_sklearn=saved_with)
 
 
-def load_estimator_file(path: Path, file_format: str, allow_pickle: bool) -> tuple[Any, str | None]:
+def load_estimator_file(
+    path: Path, file_format: str, allow_pickle: bool, trusted_types: Collection[str] = ()
+) -> tuple[Any, str | None]:
     """The object in a skops/joblib/pickle file and the scikit-learn version it was saved with."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", InconsistentVersionWarning)
         if file_format == "skops":
-            estimator = _load_skops(path)
+            estimator = _load_skops(path, trusted_types)
         else:
             estimator = load_pickle_based(path, file_format, allow_pickle)
     saved_with = sklearn.__version__ if hasattr(estimator, "predict") else None
@@ -135,19 +140,42 @@ def load_estimator_file(path: Path, file_format: str, allow_pickle: bool) -> tup
     return estimator, saved_with
 
 
-def _load_skops(path: Path) -> Any:
+def is_sklearn_class(name: str) -> bool:
+    """Whether `name` is a class defined by scikit-learn itself.
+
+    skops refuses some of scikit-learn's own internal classes (a forest's `Tree`, a k-d tree, an
+    optimizer's state). They hold fitted state and run no code of the artifact's choosing, unlike
+    functions or other libraries' types, so they are trusted; anything else must be listed.
+    """
+    module_name, _, attribute = name.rpartition(".")
+    if not module_name.startswith("sklearn.") or not attribute:
+        return False
+    try:
+        found = getattr(importlib.import_module(module_name), attribute, None)
+    except ImportError:
+        return False
+    return isinstance(found, type) and found.__module__.startswith("sklearn.")
+
+
+def refused_types(untrusted: Sequence[str], trusted: Collection[str]) -> list[str]:
+    """The types skops does not trust that are neither scikit-learn classes nor explicitly trusted."""
+    return [name for name in untrusted if name not in trusted and not is_sklearn_class(name)]
+
+
+def _load_skops(path: Path, trusted: Collection[str]) -> Any:
     import skops.io
 
     try:
         untrusted = skops.io.get_untrusted_types(file=path)
     except Exception as error:
         raise ArtifactError(f"{path.name} is not a readable skops file: {error}") from None
-    if untrusted:
+    refused = refused_types(untrusted, trusted)
+    if refused:
         raise ArtifactError(
-            f"{path.name} contains types skops does not trust by default: {', '.join(untrusted)}; "
-            "refusing to load them"
+            f"{path.name} contains types skops does not trust by default: {', '.join(refused)}; "
+            "refusing to load them (list them in SKOPS_TRUSTED_TYPES if you trust the artifact)"
         )
-    return skops.io.load(path)
+    return skops.io.load(path, trusted=list(untrusted))
 
 
 def load_pickle_based(path: Path, file_format: str, allow_pickle: bool) -> Any:
@@ -168,7 +196,9 @@ def load_pickle_based(path: Path, file_format: str, allow_pickle: bool) -> Any:
         raise ArtifactError(f"{path.name} is not a readable {file_format} file: {error}") from None
 
 
-def _load_mlflow(directory: Path, allow_pickle: bool) -> tuple[SklearnModel, str | None]:
+def _load_mlflow(
+    directory: Path, allow_pickle: bool, trusted_types: Collection[str]
+) -> tuple[SklearnModel, str | None]:
     try:
         mlmodel = yaml.safe_load((directory / MLMODEL_FILE).read_text())
     except (OSError, yaml.YAMLError) as error:
@@ -185,7 +215,7 @@ def _load_mlflow(directory: Path, allow_pickle: bool) -> tuple[SklearnModel, str
     file_format = "skops" if serialization == "skops" else "pickle"
     if not model_file.is_file():
         raise ArtifactError(f"the MLflow model's file {model_file.name} is missing")
-    estimator, saved_with = load_estimator_file(model_file, file_format, allow_pickle)
+    estimator, saved_with = load_estimator_file(model_file, file_format, allow_pickle, trusted_types)
     recorded = flavor.get("sklearn_version")
     if isinstance(recorded, str):
         saved_with = recorded

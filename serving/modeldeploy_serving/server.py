@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, multiprocess
 
 from modeldeploy_serving.app import ServerState, create_app
+from modeldeploy_serving.dataplane import DataPlane
 from modeldeploy_serving.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -43,8 +44,16 @@ def serve(settings: ServerSettings) -> int:
     if settings.workers == 1:
         state = ServerState()
         app = create_app(settings, state=state)
-        uvicorn.Server(uvicorn.Config(app, **common)).run()  # type: ignore[arg-type]
+        server = uvicorn.Server(uvicorn.Config(app, **common))  # type: ignore[arg-type]
+        state.request_shutdown = lambda: setattr(server, "should_exit", True)
+        server.run()
         return 1 if state.load_error is not None else 0
+    # Workers that cannot load the model would be restarted forever: find out once, up front.
+    try:
+        DataPlane(settings).load()
+    except Exception as error:
+        logger.error("Could not load the model: %s", error)
+        return 1
     os.environ.setdefault(_MULTIPROCESS_DIR_VARIABLE, tempfile.mkdtemp(prefix="modeldeploy-metrics-"))
     uvicorn.run(
         "modeldeploy_serving.server:app_from_environment",

@@ -86,6 +86,10 @@ class ServerSettings(BaseSettings):
     """Allow joblib/pickle artifacts. They can run arbitrary code when loaded: enable only for
     artifacts from a trusted source. The safe default accepts skops files only."""
 
+    skops_trusted_types: str = ""
+    """Comma-separated types to trust in skops artifacts beyond skops' defaults and scikit-learn's
+    own classes (for example a custom transformer's `mypackage.MyTransformer`)."""
+
     on_version_mismatch: VersionMismatchPolicy = VersionMismatchPolicy.REFUSE
     """Refuse to serve (or only warn) when the artifact's scikit-learn version differs."""
 
@@ -94,3 +98,8 @@ class ServerSettings(BaseSettings):
 
     graceful_shutdown_seconds: float = Field(default=25.0, ge=0)
     """How long in-flight requests may take to finish after SIGTERM."""
+
+    @property
+    def trusted_types(self) -> frozenset[str]:
+        """`skops_trusted_types` as a set of names."""
+        return frozenset(name.strip() for name in self.skops_trusted_types.split(",") if name.strip())

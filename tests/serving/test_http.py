@@ -1,5 +1,6 @@
 """The HTTP endpoints in-process: status codes, bodies and metrics as the protocols define them."""
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from serving_helpers import make_settings, v2_tensor
 
-from modeldeploy_serving.app import create_app
+from modeldeploy_serving.app import ServerState, create_app
 from modeldeploy_serving.dataplane import DataPlane
 from modeldeploy_serving.model import SklearnModel
 
@@ -207,24 +208,13 @@ def test_the_openapi_document_describes_the_protocol_routes(client: TestClient) 
     assert "/metrics" not in paths
 
 
-def test_a_model_that_fails_to_load_is_never_ready(tmp_path: Path) -> None:
+def test_a_model_that_fails_to_load_is_never_ready_and_stops_the_server(tmp_path: Path) -> None:
     (tmp_path / "model.joblib").write_bytes(b"x")
-    from modeldeploy_serving.app import ServerState
-
     state = ServerState()
+    stopped = threading.Event()
+    state.request_shutdown = stopped.set
     app = create_app(make_settings(tmp_path), registry=CollectorRegistry(), state=state)
-    stopped: list[bool] = []
-    import modeldeploy_serving.app as app_module
-
-    original = app_module._stop_process
-    app_module._stop_process = lambda: stopped.append(True)  # type: ignore[assignment]
-    try:
-        with TestClient(app) as test_client:
-            deadline = time.monotonic() + 10
-            while not stopped and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert test_client.get("/v2/health/ready").status_code == 400
-    finally:
-        app_module._stop_process = original
-    assert stopped
+    with TestClient(app) as test_client:
+        assert stopped.wait(10)
+        assert test_client.get("/v2/health/ready").status_code == 400
     assert "ALLOW_PICKLE" in str(state.load_error)

@@ -2,6 +2,7 @@
 
 import hashlib
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,19 @@ import sklearn
 import skops.io
 import yaml
 from sklearn.base import BaseEstimator
+from sklearn.datasets import load_iris
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.neural_network import MLPClassifier
 
 from modeldeploy_serving.errors import ArtifactError
-from modeldeploy_serving.loading import check_version, is_version_compatible, load_artifact
+from modeldeploy_serving.loading import (
+    check_version,
+    is_sklearn_class,
+    is_version_compatible,
+    load_artifact,
+    refused_types,
+)
 from modeldeploy_serving.settings import ModelFormat, VersionMismatchPolicy
 
 IRIS_ROW = np.array([[5.1, 3.5, 1.4, 0.2]])
@@ -48,10 +59,54 @@ def test_a_skops_file_loads_as_a_classifier(iris_skops_dir: Path) -> None:
     assert loaded.model.predict(IRIS_ROW, ["predict"])["predict"].tolist() == [0]
 
 
-def test_a_skops_file_with_untrusted_types_is_refused(tmp_path: Path) -> None:
+def test_a_skops_file_with_untrusted_types_is_refused_unless_listed(tmp_path: Path) -> None:
     skops.io.dump(Doubler().fit(None), tmp_path / "model.skops")
-    with pytest.raises(ArtifactError, match=r"does not trust.*Doubler"):
+    with pytest.raises(ArtifactError, match=r"does not trust.*Doubler.*SKOPS_TRUSTED_TYPES"):
         load(tmp_path)
+    trusted = {f"{Doubler.__module__}.Doubler"}
+    loaded = load_artifact(tmp_path, ModelFormat.AUTO, None, False, VersionMismatchPolicy.REFUSE, trusted)
+    assert loaded.model.predict(np.array([[2.0]]), ["predict"])["predict"].tolist() == [4.0]
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        RandomForestClassifier(n_estimators=3, random_state=0),
+        HistGradientBoostingClassifier(max_iter=3),
+        KNeighborsClassifier(algorithm="kd_tree"),
+        MLPClassifier(max_iter=5, random_state=0),
+    ],
+    ids=lambda estimator: type(estimator).__name__,
+)
+def test_skops_files_with_scikit_learns_own_internal_classes_load(tmp_path: Path, estimator: Any) -> None:
+    features, labels = load_iris(return_X_y=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        skops.io.dump(estimator.fit(features, labels), tmp_path / "model.skops")
+    expected = estimator.predict(IRIS_ROW).tolist()
+    assert load(tmp_path).model.predict(IRIS_ROW, ["predict"])["predict"].tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("sklearn.tree._tree.Tree", True),
+        ("sklearn.neighbors._kd_tree.KDTree", True),
+        ("sklearn.utils.validation.check_array", False),
+        ("sklearn.tree._tree.NoSuchThing", False),
+        ("sklearn.no_such_module.Thing", False),
+        ("builtins.eval", False),
+        ("os.system", False),
+        ("sklearn", False),
+    ],
+)
+def test_is_sklearn_class(name: str, expected: bool) -> None:
+    assert is_sklearn_class(name) is expected
+
+
+def test_refused_types_keeps_what_is_neither_sklearn_nor_listed() -> None:
+    untrusted = ["sklearn.tree._tree.Tree", "mypackage.Custom", "builtins.eval"]
+    assert refused_types(untrusted, {"mypackage.Custom"}) == ["builtins.eval"]
 
 
 def test_joblib_and_pickle_files_are_refused_unless_allowed(iris_joblib_dir: Path) -> None:
@@ -146,7 +201,6 @@ def test_check_version_refuses_or_warns(caplog: pytest.LogCaptureFixture) -> Non
 def mlflow_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import mlflow.sklearn
     from mlflow.models import infer_signature
-    from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
 
     features, labels = load_iris(return_X_y=True, as_frame=True)
