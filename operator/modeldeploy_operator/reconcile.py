@@ -8,6 +8,8 @@ does not persist) and writes no status.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -113,6 +115,27 @@ class Reconciler:
         self._clock = clock
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._queued: set[tuple[str, str]] = set()
+        # Per child: what we last applied and the resourceVersion it produced.
+        self._applied: dict[tuple[str, str, str], tuple[str, str]] = {}
+
+    async def _apply(self, child: Manifest) -> Manifest:
+        """Applies a child unless it is exactly as we last applied it and nobody changed it since.
+
+        An idle reconcile then reads its children but writes nothing, not even a no-op apply.
+        """
+        metadata = child["metadata"]
+        key = (child["kind"], metadata["namespace"], metadata["name"])
+        fingerprint = hashlib.sha256(json.dumps(child, sort_keys=True).encode()).hexdigest()
+        last = self._applied.get(key)
+        if last is not None and last[0] == fingerprint:
+            current = await self._storage.get(
+                child["apiVersion"], child["kind"], metadata["name"], metadata["namespace"]
+            )
+            if current is not None and current["metadata"]["resourceVersion"] == last[1]:
+                return current
+        applied = await self._storage.apply(child)
+        self._applied[key] = (fingerprint, applied["metadata"]["resourceVersion"])
+        return applied
 
     async def reconcile_by_name(self, name: str, namespace: str) -> tuple[Manifest, Outcome] | None:
         """Reconciles the ModelDeployment as stored when its turn comes.
@@ -157,7 +180,7 @@ class Reconciler:
             )
             return await self._write_status(owner, previous, status)
 
-        applied = [await self._storage.apply(child) for child in build_children(owner, spec, self._settings)]
+        applied = [await self._apply(child) for child in build_children(owner, spec, self._settings)]
         await self._delete_unwanted_children(owner, applied)
         stable_name = deployment_name(owner.name, "stable")
         stable = next(

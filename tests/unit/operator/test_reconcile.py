@@ -1,0 +1,192 @@
+"""The reconcile service over an in-memory store: what it writes, and when it writes nothing.
+
+The real API server is exercised by tests/integration; these tests pin the service's own
+decisions (which writes, which Events) where a cluster would only make them slower.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modeldeploy_operator.kube import KubeStorage
+from modeldeploy_operator.reconcile import Reconciler
+from modeldeploy_operator.settings import OperatorSettings
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+class MemoryStorage:
+    """Stores objects by (kind, namespace, name) and counts every write."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.writes: list[str] = []
+        self._version = 0
+
+    def _next_version(self) -> str:
+        self._version += 1
+        return str(self._version)
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        key = (manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"])
+        self.writes.append(f"apply {key[0]}/{key[2]}")
+        stored = copy.deepcopy(manifest)
+        stored["metadata"]["resourceVersion"] = self._next_version()
+        if manifest["kind"] == "Deployment":
+            replicas = manifest["spec"].get("replicas", 1)
+            stored["metadata"]["generation"] = 1
+            stored["status"] = {
+                "observedGeneration": 1,
+                "replicas": replicas,
+                "updatedReplicas": replicas,
+                "readyReplicas": replicas,
+                "availableReplicas": replicas,
+                "conditions": [{"type": "Available", "status": "True"}],
+            }
+        self.objects[key] = stored
+        return copy.deepcopy(stored)
+
+    async def get(self, api_version: str, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        found = self.objects.get((kind, namespace, name))
+        return copy.deepcopy(found) if found else None
+
+    async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> bool:
+        self.writes.append(f"delete {kind}/{name}")
+        return self.objects.pop((kind, namespace, name), None) is not None
+
+    async def list(
+        self, api_version: str, kind: str, namespace: str, labels: Mapping[str, str]
+    ) -> list[dict[str, Any]]:
+        return [
+            copy.deepcopy(obj)
+            for (k, ns, _), obj in self.objects.items()
+            if k == kind and ns == namespace and labels.items() <= obj["metadata"].get("labels", {}).items()
+        ]
+
+    async def get_model_deployment(self, name: str, namespace: str) -> dict[str, Any] | None:
+        return await self.get("modeldeploy.io/v1alpha1", "ModelDeployment", name, namespace)
+
+    async def patch_status(self, name: str, namespace: str, status: Mapping[str, Any]) -> None:
+        self.writes.append(f"status {name}")
+        body = self.objects[("ModelDeployment", namespace, name)]
+        merged = {**body.get("status", {}), **status}
+        body["status"] = {key: value for key, value in merged.items() if value is not None}
+
+
+def model_deployment(storage: MemoryStorage, spec: dict[str, Any]) -> dict[str, Any]:
+    body = {
+        "apiVersion": "modeldeploy.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "iris", "namespace": "ml", "uid": "u-1", "generation": 1},
+        "spec": spec,
+    }
+    storage.objects[("ModelDeployment", "ml", "iris")] = body
+    return body
+
+
+def reconciler(storage: MemoryStorage) -> Reconciler:
+    # The service only calls the storage's public methods; the in-memory store has them all.
+    typed: KubeStorage = storage  # type: ignore[assignment]
+    return Reconciler(typed, OperatorSettings(server_image="registry.invalid/server:1"), clock=lambda: NOW)
+
+
+SPEC = {"model": {"uri": "s3://models/iris/1.skops", "version": "1"}, "replicas": 2}
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+def test_a_spec_the_operator_cannot_act_on_is_reported_not_applied() -> None:
+    storage = MemoryStorage()
+    body = model_deployment(storage, {"model": {"uri": "ftp://nowhere/model"}, "replicas": 1})
+
+    outcome = run(reconciler(storage).reconcile(body))
+
+    assert storage.writes == ["status iris"]
+    status = storage.objects[("ModelDeployment", "ml", "iris")]["status"]
+    assert status["phase"] == "Failed"
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert stalled["reason"] == "InvalidSpec"
+    assert "spec.model.uri" in stalled["message"]
+    assert [(e.type, e.reason) for e in outcome.events] == [("Warning", "InvalidSpec")]
+
+
+def test_an_idle_reconcile_writes_nothing() -> None:
+    storage = MemoryStorage()
+    service = reconciler(storage)
+    run(service.reconcile(model_deployment(storage, SPEC)))
+    assert "status iris" in storage.writes
+    first_round = len(storage.writes)
+
+    stored = storage.objects[("ModelDeployment", "ml", "iris")]
+    outcome = run(service.reconcile(copy.deepcopy(stored)))
+
+    assert storage.writes[first_round:] == []
+    assert outcome.events == []
+
+
+def test_a_changed_child_is_applied_again() -> None:
+    storage = MemoryStorage()
+    service = reconciler(storage)
+    run(service.reconcile(model_deployment(storage, SPEC)))
+    storage.objects[("Service", "ml", "iris")]["metadata"]["resourceVersion"] = "edited-by-hand"
+    first_round = len(storage.writes)
+
+    run(service.reconcile(copy.deepcopy(storage.objects[("ModelDeployment", "ml", "iris")])))
+
+    assert storage.writes[first_round:] == ["apply Service/iris"]
+
+
+def test_becoming_ready_posts_one_event() -> None:
+    storage = MemoryStorage()
+    outcome = run(reconciler(storage).reconcile(model_deployment(storage, SPEC)))
+    assert [(e.type, e.reason) for e in outcome.events] == [("Normal", "Ready")]
+    assert "s3://models/iris/1.skops" in outcome.events[0].message
+
+
+def test_children_the_spec_no_longer_asks_for_are_deleted() -> None:
+    storage = MemoryStorage()
+    service = reconciler(storage)
+    with_extras = {
+        **SPEC,
+        "autoscaling": {"minReplicas": 1, "maxReplicas": 3},
+        "podDisruptionBudget": {"maxUnavailable": 1},
+    }
+    run(service.reconcile(model_deployment(storage, with_extras)))
+    assert {kind for kind, _, _ in storage.objects} >= {"HorizontalPodAutoscaler", "PodDisruptionBudget"}
+
+    body = copy.deepcopy(storage.objects[("ModelDeployment", "ml", "iris")])
+    body["spec"] = SPEC
+    body["metadata"]["generation"] = 2
+    run(service.reconcile(body))
+
+    assert "delete HorizontalPodAutoscaler/iris" in storage.writes
+    assert "delete PodDisruptionBudget/iris" in storage.writes
+    assert {kind for kind, _, _ in storage.objects}.isdisjoint(
+        {"HorizontalPodAutoscaler", "PodDisruptionBudget"}
+    )
+
+
+def test_a_model_deployment_being_deleted_is_left_to_the_garbage_collector() -> None:
+    storage = MemoryStorage()
+    body = model_deployment(storage, SPEC)
+    body["metadata"]["deletionTimestamp"] = "2026-11-27T12:00:00Z"
+
+    run(reconciler(storage).reconcile(body))
+
+    assert storage.writes == []
+
+
+def test_the_example_reconciles_to_ready() -> None:
+    storage = MemoryStorage()
+    spec = yaml.safe_load((Path(__file__).parents[3] / "examples" / "iris.yaml").read_text())["spec"]
+    run(reconciler(storage).reconcile(model_deployment(storage, spec)))
+    assert storage.objects[("ModelDeployment", "ml", "iris")]["status"]["phase"] == "Ready"
