@@ -18,7 +18,8 @@ from modeldeploy_localcluster.cluster import LocalCluster, free_port
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "modeldeploy.io_modeldeployments.yaml"
 RULES = REPO / "charts" / "modeldeploy" / "files"
-RULE_FILES = (RULES / "operator-rules.yaml", RULES / "operator-cluster-rules.yaml")
+NAMESPACED_RULES = RULES / "operator-rules.yaml"
+CLUSTER_RULES = RULES / "operator-cluster-rules.yaml"
 LEADER_ELECTION_RULES = RULES / "operator-leader-election-rules.yaml"
 LEASE_SECONDS = 3
 OPERATOR_NAMESPACE = "modeldeploy-system"
@@ -27,9 +28,12 @@ TEST_SERVER_IMAGE = "registry.invalid/modeldeploy-server:test"
 
 
 def role_and_binding(
-    name: str, rules: list[dict[str, Any]], namespace: str | None = None
+    name: str,
+    rules: list[dict[str, Any]],
+    namespace: str | None = None,
+    service_account: str = SERVICE_ACCOUNT,
 ) -> list[dict[str, Any]]:
-    """A (Cluster)Role with these rules, bound to the operator's service account."""
+    """A (Cluster)Role with these rules, bound to an operator service account."""
     kind = "Role" if namespace else "ClusterRole"
     metadata = {"name": name, **({"namespace": namespace} if namespace else {})}
     return [
@@ -40,10 +44,23 @@ def role_and_binding(
             "metadata": metadata,
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name},
             "subjects": [
-                {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": OPERATOR_NAMESPACE}
+                {"kind": "ServiceAccount", "name": service_account, "namespace": OPERATOR_NAMESPACE}
             ],
         },
     ]
+
+
+def service_account(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": name, "namespace": OPERATOR_NAMESPACE},
+    }
+
+
+def rules(path: Path) -> list[dict[str, Any]]:
+    loaded: list[dict[str, Any]] = yaml.safe_load(path.read_text())
+    return loaded
 
 
 def install_crd_and_rbac(cluster: LocalCluster) -> None:
@@ -51,29 +68,29 @@ def install_crd_and_rbac(cluster: LocalCluster) -> None:
     cluster.kubectl(
         "wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.io", "--timeout=60s"
     )
-    cluster_rules = [rule for path in RULE_FILES for rule in yaml.safe_load(path.read_text())]
     objects: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}},
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": SERVICE_ACCOUNT, "namespace": OPERATOR_NAMESPACE},
-        },
-        *role_and_binding("modeldeploy-operator", cluster_rules),
-        *role_and_binding(
-            "modeldeploy-leader-election",
-            yaml.safe_load(LEADER_ELECTION_RULES.read_text()),
-            namespace=OPERATOR_NAMESPACE,
-        ),
+        service_account(SERVICE_ACCOUNT),
+        *role_and_binding("modeldeploy-operator", [*rules(NAMESPACED_RULES), *rules(CLUSTER_RULES)]),
+        *role_and_binding("modeldeploy-leader-election", rules(LEADER_ELECTION_RULES), OPERATOR_NAMESPACE),
     ]
     cluster.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(objects))
 
 
-def service_account_kubeconfig(cluster: LocalCluster, path: Path) -> Path:
-    """A kubeconfig that authenticates as the operator's service account, with a real token."""
-    token = cluster.kubectl(
-        "create", "token", SERVICE_ACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration=2h"
-    ).strip()
+def install_namespaced_rbac(cluster: LocalCluster, name: str, watched_namespace: str) -> None:
+    """RBAC of an operator that watches one namespace: a Role there, only discovery cluster-wide."""
+    objects = [
+        service_account(name),
+        *role_and_binding(name, rules(NAMESPACED_RULES), watched_namespace, service_account=name),
+        *role_and_binding(name, rules(CLUSTER_RULES), service_account=name),
+        *role_and_binding(name, rules(LEADER_ELECTION_RULES), OPERATOR_NAMESPACE, service_account=name),
+    ]
+    cluster.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(objects))
+
+
+def service_account_kubeconfig(cluster: LocalCluster, path: Path, account: str = SERVICE_ACCOUNT) -> Path:
+    """A kubeconfig that authenticates as an operator service account, with a real token."""
+    token = cluster.kubectl("create", "token", account, "-n", OPERATOR_NAMESPACE, "--duration=2h").strip()
     admin = yaml.safe_load(cluster.kubeconfig.read_text())
     admin["users"] = [{"name": "admin", "user": {"token": token}}]
     path.write_text(yaml.safe_dump(admin))

@@ -14,7 +14,13 @@ import yaml
 
 from kube_helpers import wait_until
 from modeldeploy_localcluster.cluster import LocalCluster
-from operator_harness import REPO, TEST_SERVER_IMAGE, OperatorProcess
+from operator_harness import (
+    REPO,
+    TEST_SERVER_IMAGE,
+    OperatorProcess,
+    install_namespaced_rbac,
+    service_account_kubeconfig,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -301,3 +307,34 @@ def test_only_the_lease_holder_reconciles_and_a_standby_takes_over(
         standby.stop()
         operator.start()
     wait_until(lambda: "Became the leader" in operator.log_text(), "the first replica to lead again")
+
+
+def test_a_namespaced_operator_needs_only_a_role_and_ignores_other_namespaces(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    other = f"{namespace}-other"
+    cluster.kubectl("create", "namespace", other)
+    install_namespaced_rbac(cluster, "modeldeploy-namespaced", namespace)
+    kubeconfig = service_account_kubeconfig(cluster, tmp_path / "kubeconfig", "modeldeploy-namespaced")
+    namespaced = OperatorProcess(
+        kubeconfig,
+        tmp_path / "namespaced.log",
+        {
+            "MODELDEPLOY_OPERATOR_NAMESPACES": namespace,
+            "MODELDEPLOY_OPERATOR_LEADER_ELECTION_LEASE_NAME": "modeldeploy-namespaced",
+        },
+    )
+    operator.stop()  # the cluster-wide operator would reconcile both namespaces
+    try:
+        namespaced.start()
+        apply(cluster, namespace, iris())
+        apply(cluster, other, iris())
+        wait_ready(cluster, namespace)
+        time.sleep(3)
+        assert get(cluster, other, "deployment", "iris-stable") is None
+        assert "status" not in (get(cluster, other, "modeldeployment", "iris") or {})
+        assert "forbidden" not in namespaced.log_text().lower()
+    finally:
+        namespaced.stop()
+        operator.start()
+        cluster.kubectl("delete", "namespace", other, "--wait=false")
