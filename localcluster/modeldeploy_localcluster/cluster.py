@@ -131,7 +131,8 @@ def kubeconfig_document(server: str, paths: certs.CertificatePaths) -> dict[str,
 
 def node_manifest() -> dict[str, Any]:
     """A fake node that kwok adopts (by the annotation) and reports Ready."""
-    capacity = {"cpu": "32", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": "4"}
+    # Generous, so benchmarks can run hundreds of server pods on the one fake node.
+    capacity = {"cpu": "1000", "memory": "4Ti", "pods": "1000", "nvidia.com/gpu": "8"}
     return {
         "apiVersion": "v1",
         "kind": "Node",

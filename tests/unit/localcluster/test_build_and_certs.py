@@ -80,4 +80,4 @@ def test_the_fake_node_is_adopted_by_kwok_and_schedulable() -> None:
     node = node_manifest()
     assert node["metadata"]["annotations"]["kwok.x-k8s.io/node"] == "fake"
     assert "taints" not in node.get("spec", {})
-    assert node["status"]["allocatable"]["pods"] == "110"
+    assert int(node["status"]["allocatable"]["pods"]) >= 500
