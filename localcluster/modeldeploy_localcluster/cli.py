@@ -10,6 +10,7 @@ from pathlib import Path
 
 from modeldeploy_localcluster.build import BuildError, ensure_binaries
 from modeldeploy_localcluster.cluster import ClusterError, ClusterState, LocalCluster, stop_components
+from modeldeploy_localcluster.demo import run_demo
 
 DEFAULT_DIR = Path(".localcluster")
 
@@ -60,13 +61,10 @@ def _down(directory: Path) -> None:
 
 
 def _demo(directory: Path) -> None:
-    cluster = LocalCluster(workdir=directory.resolve(), progress=_say)
-    with cluster:
-        _say("the control plane is up; nodes and system objects:")
-        print(cluster.kubectl("get", "nodes,namespaces,serviceaccounts", "-o", "wide"))
-        print(f"export KUBECONFIG={cluster.kubeconfig}")
-        _say("press Ctrl-C to stop")
-        _wait_for_interrupt()
+    repo = Path.cwd()
+    if not (repo / "crds").is_dir() or not (repo / "examples").is_dir():
+        raise ClusterError("run the demo from the repository root (it applies crds/ and examples/)")
+    run_demo(directory.resolve() / "demo", repo, _say)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, text in (
         ("up", "start a control plane and wait (Ctrl-C stops it)"),
         ("down", "stop a control plane started with `up --detach`"),
-        ("demo", "start the control plane and show it (the product demo grows here)"),
+        ("demo", "start a control plane and the operator, deploy, change and delete a model"),
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument(
