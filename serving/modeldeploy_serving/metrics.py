@@ -1,10 +1,10 @@
 """The server's Prometheus series (names in metric_names), labelled with the deployment's identity."""
 
 import platform
+from collections import Counter as Tally
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import numpy.typing as npt
 import sklearn
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -86,23 +86,36 @@ class ServerMetrics:
             multiprocess_mode="max",
         )
 
+        self._rows_child = self._rows.labels(**self._common)
+        self._values_child = self._values.labels(**self._common)
+        self._class_children: dict[Any, Counter] = {}
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
     def observe_request(self, protocol: str, endpoint: str, code: int, seconds: float) -> None:
         """Count a finished request and its latency."""
-        labels = {**self._common, names.LABEL_PROTOCOL: protocol, names.LABEL_ENDPOINT: endpoint}
-        self._requests.labels(**labels, code=str(code)).inc()
-        self._duration.labels(**labels).observe(seconds)
+        key = (protocol, endpoint, code)
+        children = self._request_children.get(key)
+        if children is None:
+            # Looking children up by label values costs more than a prediction's bookkeeping should.
+            labels = {**self._common, names.LABEL_PROTOCOL: protocol, names.LABEL_ENDPOINT: endpoint}
+            children = (self._requests.labels(**labels, code=str(code)), self._duration.labels(**labels))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_predictions(self, predictions: npt.NDArray[Any], classes: Sequence[Any] | None) -> None:
         """Count rows and record the distribution of predicted classes or values."""
-        self._rows.labels(**self._common).inc(len(predictions))
+        self._rows_child.inc(len(predictions))
         if classes is not None:
-            labels, counts = np.unique(predictions.astype(str), return_counts=True)
-            for label, count in zip(labels.tolist(), counts.tolist(), strict=True):
-                self._classes.labels(**self._common, **{names.LABEL_CLASS: label}).inc(count)
+            for label, count in Tally(predictions.reshape(-1).tolist()).items():
+                child = self._class_children.get(label)
+                if child is None:
+                    child = self._classes.labels(**self._common, **{names.LABEL_CLASS: str(label)})
+                    self._class_children[label] = child
+                child.inc(count)
         elif predictions.dtype.kind in "biuf":
-            histogram = self._values.labels(**self._common)
             for value in predictions.reshape(-1).tolist():
-                histogram.observe(value)
+                self._values_child.observe(value)
 
     def observe_model_loaded(self, seconds: float, digest: str, artifact_format: str) -> None:
         """Record the load time and the identity of the served artifact."""
