@@ -338,3 +338,54 @@ def test_a_namespaced_operator_needs_only_a_role_and_ignores_other_namespaces(
         namespaced.stop()
         operator.start()
         cluster.kubectl("delete", "namespace", other, "--wait=false")
+
+
+FETCH_FAILED = {
+    "status": {
+        "conditions": [{"type": "Ready", "status": "False"}, {"type": "ContainersReady", "status": "False"}],
+        "initContainerStatuses": [
+            {
+                "name": "fetch-model",
+                "image": TEST_SERVER_IMAGE,
+                "imageID": "",
+                "ready": False,
+                "restartCount": 4,
+                "started": False,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting"}},
+                "lastState": {
+                    "terminated": {
+                        "exitCode": 1,
+                        "reason": "Error",
+                        "message": "403 Forbidden from s3://models/iris",
+                    }
+                },
+            }
+        ],
+    }
+}
+
+
+def test_a_model_that_cannot_be_fetched_is_reported_stalled_with_the_error(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    """kwok runs no containers, so the test writes what a kubelet reports for a failing fetch step."""
+    apply(cluster, namespace, iris())
+    wait_ready(cluster, namespace)
+    pod = cluster.kubectl("get", "pods", "-n", namespace, "-o", "name").split()[0]
+
+    cluster.kubectl(
+        "patch", pod, "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(FETCH_FAILED)
+    )
+
+    def stalled() -> bool:
+        return (
+            condition(get(cluster, namespace, "modeldeployment", "iris"), "Stalled").get("status") == "True"
+        )
+
+    wait_until(stalled, "the ModelDeployment to be Stalled")
+    body = get(cluster, namespace, "modeldeployment", "iris")
+    assert condition(body, "Ready")["status"] == "False"
+    message = condition(body, "Stalled")["message"]
+    assert "fetch-model" in message and "403 Forbidden from s3://models/iris" in message
+    warnings = cluster.kubectl("get", "events", "-n", namespace, "--field-selector", "type=Warning")
+    assert "403 Forbidden" in warnings
