@@ -31,7 +31,7 @@ import yaml
 from modeldeploy_localcluster.cluster import LocalCluster, free_port
 
 REPO = Path(__file__).resolve().parents[1]
-IDLE_WINDOW_SECONDS = 75.0  # longer than the operator's periodic resync (60 s)
+IDLE_WINDOW_SECONDS = 320.0  # longer than the resync interval (300 s): every object reconciles while idle
 WRITE_REQUEST = re.compile(r"HTTP Request: (PATCH|POST|PUT|DELETE) (\S+)")
 
 

@@ -19,7 +19,8 @@ from modeldeploy_operator.kube import KubernetesError, KubeStorage
 from modeldeploy_operator.reconcile import Outcome, Reconciler
 from modeldeploy_operator.settings import OperatorSettings
 
-RESYNC_SECONDS = 60.0
+# A safety net only: children's events trigger reconciles as things change.
+RESYNC_SECONDS = 300.0
 RETRY_DELAY_SECONDS = 15.0
 MANAGED_CHILDREN = {LABEL_MANAGED_BY: MANAGER_NAME}
 _logger = logging.getLogger("modeldeploy.operator")

@@ -180,7 +180,10 @@ class Reconciler:
             )
             return await self._write_status(owner, previous, status)
 
-        applied = [await self._apply(child) for child in build_children(owner, spec, self._settings)]
+        # The children do not depend on each other: apply them at once.
+        applied = list(
+            await asyncio.gather(*(self._apply(c) for c in build_children(owner, spec, self._settings)))
+        )
         await self._delete_unwanted_children(owner, applied)
         stable_name = deployment_name(owner.name, "stable")
         stable = next(
