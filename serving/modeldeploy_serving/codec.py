@@ -122,6 +122,7 @@ def datatype_of(array: npt.NDArray[Any]) -> str:
 def encode_tensor(name: str, array: npt.NDArray[Any]) -> dict[str, Any]:
     """A V2 response tensor: the array's shape, datatype and row-major flattened data."""
     datatype = datatype_of(array)
+    _check_finite(name, array)
     flat = array.reshape(-1)
     data = [str(item) for item in flat] if datatype == "BYTES" else flat.tolist()
     return {"name": name, "shape": list(array.shape), "datatype": datatype, "data": data}
@@ -131,8 +132,17 @@ def json_values(array: npt.NDArray[Any]) -> list[Any]:
     """The array as nested JSON-ready lists (strings for non-numeric elements)."""
     if array.dtype.kind in "USO" and array.size:
         array = np.vectorize(str, otypes=[object])(array)
+    _check_finite("predictions", array)
     result: list[Any] = array.tolist()
     return result
+
+
+def _check_finite(name: str, array: npt.NDArray[Any]) -> None:
+    """JSON has no NaN or infinity; extreme inputs can drive a model there (1e308 into a linear model)."""
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InvalidInput(
+            f"output '{name}' is not finite (NaN or infinity) for this input; check its values"
+        )
 
 
 def rows_from_columns(columns: Sequence[tuple[str, npt.NDArray[Any]]]) -> npt.NDArray[Any]:

@@ -5,6 +5,7 @@ it is tested directly, without a server.
 """
 
 import asyncio
+import importlib.metadata
 import logging
 import time
 import uuid
@@ -27,7 +28,10 @@ from modeldeploy_serving.settings import ServerSettings
 logger = logging.getLogger(__name__)
 
 SERVER_NAME = "modeldeploy"
-SERVER_VERSION = "0.1.0"
+try:
+    SERVER_VERSION = importlib.metadata.version("modeldeploy")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree that is not installed
+    SERVER_VERSION = "unknown"
 
 
 class DataPlane:

@@ -177,3 +177,10 @@ def test_rows_from_instances() -> None:
 def test_bad_instances_are_a_client_error(instances: Any, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         codec.rows_from_instances(instances)
+
+
+def test_non_finite_outputs_are_refused_because_json_cannot_carry_them() -> None:
+    with pytest.raises(InvalidInput, match="output 'predict' is not finite"):
+        codec.encode_tensor("predict", np.array([1.0, np.inf]))
+    with pytest.raises(InvalidInput, match="not finite"):
+        codec.json_values(np.array([np.nan]))

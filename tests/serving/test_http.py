@@ -144,6 +144,19 @@ def test_bad_requests_get_a_4xx_with_an_error_message(
     assert client.post("/v1/models/iris:predict", json={"instances": [SETOSA]}).status_code == 200
 
 
+def test_inputs_that_overflow_the_model_are_a_client_error(tmp_path: Path, diabetes_regressor: Any) -> None:
+    settings = make_settings(tmp_path, model_name="diabetes")
+    plane = DataPlane(settings)
+    plane.serve_model(SklearnModel(diabetes_regressor))
+    with TestClient(create_app(settings, data_plane=plane, load_model=False)) as test_client:
+        extreme = [[1e308] * 10]
+        reply = test_client.post("/v2/models/diabetes/infer", json={"inputs": [v2_tensor(extreme)]})
+        assert reply.status_code == 400
+        assert "not finite" in reply.json()["error"]
+        reply = test_client.post("/v1/models/diabetes:predict", json={"instances": extreme})
+        assert reply.status_code == 400
+
+
 def test_oversize_bodies_are_refused_with_413(client: TestClient) -> None:
     rows = [SETOSA] * 4000
     reply = client.post("/v2/models/iris/infer", json={"inputs": [v2_tensor(rows)]})
