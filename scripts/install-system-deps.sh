@@ -2,7 +2,7 @@
 # Installs the Debian packages the tests need, only those missing (apt-get update runs once, if needed).
 set -euo pipefail
 
-packages=(make)
+packages=(make prometheus)
 
 missing=()
 for package in "${packages[@]}"; do

@@ -1,0 +1,57 @@
+"""Prometheus and model-server processes for end-to-end tests (all on 127.0.0.1)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import skops.io
+from e2e_harness import ModelServer, PrometheusProcess
+from sklearn.datasets import load_iris
+from sklearn.dummy import DummyClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+
+@pytest.fixture(scope="session")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusProcess]:
+    process = PrometheusProcess(tmp_path_factory.mktemp("prometheus"))
+    process.start()
+    yield process
+    process.stop()
+
+
+def _saved(model: Any, directory: Path) -> Path:
+    directory.mkdir(parents=True)
+    skops.io.dump(model, directory / "model.skops")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def iris_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """v1: a good classifier; v2-constant: one that answers `setosa` whatever it is asked."""
+    features, labels = load_iris(return_X_y=True)
+    root = tmp_path_factory.mktemp("models")
+    good = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(features, labels)
+    constant = DummyClassifier(strategy="constant", constant=0).fit(features, labels)
+    return {"v1": _saved(good, root / "v1"), "v2-constant": _saved(constant, root / "v2-constant")}
+
+
+@pytest.fixture
+def start_model_server(prometheus: PrometheusProcess, tmp_path: Path) -> Iterator[Callable[..., ModelServer]]:
+    servers: list[ModelServer] = []
+
+    def start(model_dir: Path, *, name: str, namespace: str, variant: str, version: str) -> ModelServer:
+        server = ModelServer(model_dir, name, namespace, variant, version, tmp_path / f"{name}-{variant}.log")
+        servers.append(server)
+        server.start()
+        prometheus.scrape(server.address)
+        prometheus.wait_until_scraped(server.address)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
