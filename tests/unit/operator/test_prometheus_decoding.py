@@ -1,0 +1,61 @@
+"""Decoding Prometheus' query answers: what counts as a sample, what is a bad response."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from modeldeploy_operator.prometheus import PrometheusError, Sample, decode_query_response, is_number
+
+
+def vector(*series: tuple[dict[str, str], str]) -> dict[str, Any]:
+    return {
+        "status": "success",
+        "data": {
+            "resultType": "vector",
+            "result": [{"metric": m, "value": [1764244800.0, v]} for m, v in series],
+        },
+    }
+
+
+def test_a_vector_becomes_labelled_samples() -> None:
+    decoded = decode_query_response(vector(({"variant": "canary"}, "0.25"), ({"variant": "stable"}, "1e-3")))
+    assert decoded == [Sample({"variant": "canary"}, 0.25), Sample({"variant": "stable"}, 0.001)]
+
+
+def test_an_empty_vector_is_no_samples() -> None:
+    assert decode_query_response(vector()) == []
+
+
+@pytest.mark.parametrize("text", ["NaN", "+Inf", "-Inf"])
+def test_special_values_are_kept_but_are_not_numbers(text: str) -> None:
+    (sample,) = decode_query_response(vector(({}, text)))
+    assert not is_number(sample.value)
+    assert math.isnan(sample.value) or math.isinf(sample.value)
+
+
+def test_a_scalar_is_one_sample_without_labels() -> None:
+    body = {"status": "success", "data": {"resultType": "scalar", "result": [1764244800.0, "3"]}}
+    assert decode_query_response(body) == [Sample({}, 3.0)]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"status": "error", "errorType": "bad_data", "error": "parse error"},
+        {"status": "success", "data": {"resultType": "matrix", "result": []}},
+        {"status": "success", "data": {"resultType": "vector", "result": [{"value": [1, "2"]}]}},
+        {"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1]}]}},
+        {
+            "status": "success",
+            "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, "x"]}]},
+        },
+        "not json object",
+    ],
+)
+def test_answers_that_cannot_be_read_are_bad_responses(body: Any) -> None:
+    with pytest.raises(PrometheusError) as raised:
+        decode_query_response(body)
+    assert raised.value.kind == "bad-response"
