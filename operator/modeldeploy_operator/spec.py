@@ -47,6 +47,7 @@ __all__ = [
     "ObjectMeta",
     "PodDisruptionBudget",
     "PredictionShiftCheck",
+    "RejectedModel",
     "Resources",
     "Rollout",
     "ServerSpec",
@@ -336,6 +337,10 @@ class IstioTraffic(CamelModel):
     hosts: list[ShortString] = Field(default_factory=list, max_length=16)
     """Host names the VirtualService matches; the entry Service's name when empty."""
 
+    mirror: bool = False
+    """Send the canary a copy of its share of the requests instead of the requests themselves: the
+    stable model answers every client, the canary's answers are discarded but still measured."""
+
 
 class Traffic(CamelModel):
     """How requests are split between the stable and the canary model."""
@@ -439,8 +444,9 @@ class PredictionShiftCheck(CamelModel):
 
 
 class CustomCheck(CamelModel):
-    """A PromQL query whose result must stay within bounds. The query may use {{name}}, {{namespace}},
-    {{variant}} and {{window}}, which the operator fills in for each evaluation."""
+    """A PromQL query about the canary whose result must stay within bounds. The query may use {{name}},
+    {{namespace}}, {{variant}} and {{window}} (or its synonym {{interval}}, a range like 300s), which the
+    operator fills in for each evaluation."""
 
     model_config = ConfigDict(
         json_schema_extra=_validations(
@@ -654,6 +660,9 @@ class CheckResult(CamelModel):
     baseline: float | None = None
     """The stable model's value over the same window, where the check compares."""
 
+    baseline_query: str = ""
+    """The PromQL query of the stable model's value, where the check compares."""
+
     samples: float | None = None
     """Requests the canary served in the window."""
 
@@ -679,11 +688,25 @@ class CanaryStatus(CamelModel):
     weight: Annotated[int, Field(ge=0, le=100)]
     """Percentage of traffic the canary receives."""
 
+    effective_weight: Annotated[float, Field(ge=0, le=100)] | None = None
+    """Percentage of traffic the canary actually receives; differs from weight where the replicas
+    provider can only approximate it by pod counts."""
+
     step: Annotated[int, Field(ge=0)]
     """Index of the current step in spec.rollout.steps."""
 
+    started_at: datetime
+    """When the rollout began."""
+
     step_started_at: datetime
-    """When the current step began."""
+    """When the current step began; the progress deadline counts from here."""
+
+    analysis_started_at: datetime
+    """When the current analysis window began; a step that ends without passing (within the limits)
+    runs another window."""
+
+    paused_at: datetime | None = None
+    """When the rollout was paused through the modeldeploy.io/paused annotation; unset while it runs."""
 
     failures: Annotated[int, Field(ge=0)] = 0
     """Failed steps so far."""
@@ -704,8 +727,14 @@ class HistoryEntry(CamelModel):
     version: str | None = None
     """Version label of the model rolled out."""
 
-    outcome: Literal["promoted", "rolledBack", "aborted", "superseded"]
-    """How the rollout ended."""
+    revision: str = ""
+    """Hash of the model rolled out."""
+
+    outcome: Literal["promoted", "rolledBack", "aborted", "superseded", "cancelled"]
+    """How the rollout ended: superseded by a newer model, cancelled by a spec back at the stable model."""
+
+    reason: Annotated[str, Field(max_length=128)] = ""
+    """Why it ended so, as one CamelCase word."""
 
     started_at: datetime
     """When the rollout began."""
@@ -715,6 +744,28 @@ class HistoryEntry(CamelModel):
 
     message: str = ""
     """Why it ended so, for people."""
+
+
+class RejectedModel(CamelModel):
+    """A model whose rollout was rolled back or aborted while the spec still names it."""
+
+    uri: str
+    """Location of the rejected artifact."""
+
+    version: str | None = None
+    """Version label of the rejected model."""
+
+    revision: str
+    """Hash of the rejected model; a spec naming any other model starts a new rollout."""
+
+    reason: Annotated[str, Field(max_length=128)]
+    """Why it was rejected, as one CamelCase word."""
+
+    message: str = ""
+    """Why it was rejected, for people."""
+
+    at: datetime
+    """When it was rejected."""
 
 
 class ModelDeploymentStatus(CamelModel):
@@ -745,6 +796,14 @@ class ModelDeploymentStatus(CamelModel):
 
     history: list[HistoryEntry] = Field(default_factory=list, max_length=10)
     """The latest finished rollouts, newest first."""
+
+    rejected: RejectedModel | None = None
+    """The model the spec names but the last rollout rejected; it is not rolled out again until the
+    spec changes or the modeldeploy.io/retry annotation asks for it."""
+
+    handled_requests: dict[str, str] = Field(default_factory=dict, json_schema_extra={"maxProperties": 16})
+    """Manual requests (annotation name to value) already acted on, so a request left in the
+    annotations acts once; removing the annotation forgets it."""
 
     url: str | None = None
     """In-cluster URL of the entry Service."""
