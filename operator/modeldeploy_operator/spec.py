@@ -695,15 +695,15 @@ class CanaryStatus(CamelModel):
     step: Annotated[int, Field(ge=0)]
     """Index of the current step in spec.rollout.steps."""
 
-    started_at: datetime
-    """When the rollout began."""
+    started_at: datetime | None = None
+    """When the rollout began; stepStartedAt where a status from before this field lacks it."""
 
     step_started_at: datetime
     """When the current step began; the progress deadline counts from here."""
 
-    analysis_started_at: datetime
-    """When the current analysis window began; a step that ends without passing (within the limits)
-    runs another window."""
+    analysis_started_at: datetime | None = None
+    """When the current analysis window began (stepStartedAt when unset); a step that ends without passing
+    (within the limits) runs another window."""
 
     paused_at: datetime | None = None
     """When the rollout was paused through the modeldeploy.io/paused annotation; unset while it runs."""
@@ -727,13 +727,13 @@ class HistoryEntry(CamelModel):
     version: str | None = None
     """Version label of the model rolled out."""
 
-    revision: str = ""
+    revision: str | None = None
     """Hash of the model rolled out."""
 
     outcome: Literal["promoted", "rolledBack", "aborted", "superseded", "cancelled"]
     """How the rollout ended: superseded by a newer model, cancelled by a spec back at the stable model."""
 
-    reason: Annotated[str, Field(max_length=128)] = ""
+    reason: Annotated[str, Field(max_length=128)] | None = None
     """Why it ended so, as one CamelCase word."""
 
     started_at: datetime
@@ -801,7 +801,7 @@ class ModelDeploymentStatus(CamelModel):
     """The model the spec names but the last rollout rejected; it is not rolled out again until the
     spec changes or the modeldeploy.io/retry annotation asks for it."""
 
-    handled_requests: dict[str, str] = Field(default_factory=dict, json_schema_extra={"maxProperties": 16})
+    handled_requests: dict[str, str] | None = Field(default=None, json_schema_extra={"maxProperties": 16})
     """Manual requests (annotation name to value) already acted on, so a request left in the
     annotations acts once; removing the annotation forgets it."""
 
