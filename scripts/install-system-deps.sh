@@ -2,7 +2,7 @@
 # Installs the Debian packages the tests need, only those missing (apt-get update runs once, if needed).
 set -euo pipefail
 
-packages=(make prometheus)
+packages=(make prometheus lua5.4 lua-cjson)
 
 missing=()
 for package in "${packages[@]}"; do
