@@ -74,11 +74,18 @@ class DataPlane:
 
     def serve_model(self, model: Model) -> None:
         """Warm `model` up and serve it (also how tests serve a model without an artifact)."""
-        rows = model.warm_up_rows()
-        if rows is None:
+        warm_up = model.warm_up_input()
+        if warm_up is None:
             logger.warning("The model does not say how many features it takes: serving it without a warm-up")
+        elif warm_up.from_artifact:
+            model.predict(warm_up.rows, model.default_outputs)
         else:
-            model.predict(rows, model.default_outputs)
+            try:
+                model.predict(warm_up.rows, model.default_outputs)
+            except InvalidInput as error:
+                # Made-up rows (zeros) may be outside what the model accepts, such as unknown
+                # categories; the model did run its checks, which is what the warm-up is for.
+                logger.warning("The warm-up with zeros was rejected, serving anyway: %s", error)
         self._model = model
 
     async def start(self) -> None:

@@ -1,7 +1,6 @@
 """The model interface the data plane serves, and its scikit-learn implementation."""
 
 import abc
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,10 +9,6 @@ import numpy as np
 import numpy.typing as npt
 
 from modeldeploy_serving.errors import InvalidInput
-
-# Rows arrive as positional matrices by design (the protocols carry no column names): the warning
-# scikit-learn gives for models fitted on named columns would repeat on every request.
-warnings.filterwarnings("ignore", message="X does not have valid feature names")
 
 OUTPUT_PREDICT = "predict"
 OUTPUT_PREDICT_PROBA = "predict_proba"
@@ -41,6 +36,14 @@ class ModelDescription:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class WarmUpInput:
+    """Rows for the warm-up prediction, and whether they came with the artifact or were made up."""
+
+    rows: npt.NDArray[Any]
+    from_artifact: bool
+
+
 class Model(abc.ABC):
     """A loaded model: a description and a vectorised predict over rows of features."""
 
@@ -54,8 +57,8 @@ class Model(abc.ABC):
         """The requested outputs for an [N, F] matrix of rows; InvalidInput if it does not fit."""
 
     @abc.abstractmethod
-    def warm_up_rows(self) -> npt.NDArray[Any] | None:
-        """A small input the model accepts, for the warm-up prediction; None if unknown."""
+    def warm_up_input(self) -> "WarmUpInput | None":
+        """A small input for the warm-up prediction; None if nothing is known about the input."""
 
     @property
     def default_outputs(self) -> tuple[str, ...]:
@@ -81,6 +84,10 @@ class SklearnModel(Model):
         if self._n_features is None and self._feature_names is not None:
             self._n_features = len(self._feature_names)
         self._example_rows = example_rows
+        fitted_columns = getattr(estimator, "feature_names_in_", None)
+        self._fitted_columns = (
+            tuple(str(name) for name in fitted_columns) if fitted_columns is not None else None
+        )
         classes = getattr(estimator, "classes_", None)
         self._classes = tuple(classes.tolist()) if isinstance(classes, np.ndarray) else None
         self._description = self._describe()
@@ -121,18 +128,29 @@ class SklearnModel(Model):
                 offered = ", ".join(sorted(available))
                 raise InvalidInput(f"unknown output '{name}'; this model offers {offered}")
             try:
-                results[name] = np.asarray(getattr(self._estimator, name)(rows))
+                results[name] = np.asarray(getattr(self._estimator, name)(self._features(rows)))
             except (ValueError, TypeError) as error:
                 # scikit-learn reports input it cannot use (NaN, strings in a numeric model) this way.
                 raise InvalidInput(f"the model rejected the input: {error}") from None
         return results
 
-    def warm_up_rows(self) -> npt.NDArray[Any] | None:
+    def warm_up_input(self) -> WarmUpInput | None:
         if self._example_rows is not None:
-            return self._example_rows
+            return WarmUpInput(self._example_rows, from_artifact=True)
         if self._n_features is None:
             return None
-        return np.zeros((1, self._n_features))
+        return WarmUpInput(np.zeros((1, self._n_features)), from_artifact=False)
+
+    def _features(self, rows: npt.NDArray[Any]) -> Any:
+        """What the estimator takes: a frame with the column names it was fitted with, if any.
+
+        Pipelines that pick columns by name (a ColumnTransformer) only work on frames.
+        """
+        if self._fitted_columns is None:
+            return rows
+        import pandas
+
+        return pandas.DataFrame(rows, columns=list(self._fitted_columns)).infer_objects()
 
 
 def _label_datatype(classes: tuple[Any, ...]) -> str:

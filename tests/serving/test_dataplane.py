@@ -200,3 +200,35 @@ def test_string_labels_come_back_as_bytes(tmp_path: Path) -> None:
         "data": ["setosa"],
     }
     assert run(plane.predict_v1("iris", V1PredictRequest(instances=[SETOSA]))) == {"predictions": ["setosa"]}
+
+
+def test_a_pipeline_fitted_on_named_columns_gets_a_frame(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import pandas
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    frame = pandas.DataFrame({"age": [20.0, 35.0, 50.0, 65.0], "city": ["oslo", "rome", "oslo", "rome"]})
+    preprocess = ColumnTransformer([("city", OneHotEncoder(), ["city"])], remainder="passthrough")
+    pipeline = make_pipeline(preprocess, LogisticRegression(C=1000)).fit(frame, [0, 1, 0, 1])
+    plane = DataPlane(make_settings(tmp_path))
+    plane.serve_model(SklearnModel(pipeline))
+    assert "warm-up with zeros was rejected" in caplog.text
+    columns = [
+        {"name": "city", "shape": [2], "datatype": "BYTES", "data": ["rome", "oslo"]},
+        {"name": "age", "shape": [2], "datatype": "FP64", "data": [30.0, 30.0]},
+    ]
+    response = infer(plane, {"inputs": columns, "outputs": [{"name": "predict"}]})
+    assert response["outputs"][0]["data"] == [1, 0]
+    with pytest.raises(InvalidInput, match="the model rejected the input"):
+        infer(plane, {"inputs": [{**columns[0], "data": ["paris", "oslo"]}, columns[1]]})
+
+
+def test_a_warm_up_with_the_artifacts_own_example_must_pass(tmp_path: Path, iris_classifier: Any) -> None:
+    plane = DataPlane(make_settings(tmp_path))
+    with pytest.raises(InvalidInput, match="expects 4 features"):
+        plane.serve_model(SklearnModel(iris_classifier, example_rows=np.zeros((1, 3))))
+    assert not plane.ready()

@@ -222,7 +222,9 @@ def test_an_mlflow_model_directory_loads_without_mlflow(mlflow_model_dir: Path) 
         "petal length (cm)",
         "petal width (cm)",
     )
-    assert loaded.model.warm_up_rows().shape == (3, 4)
+    warm_up = loaded.model.warm_up_input()
+    assert warm_up is not None and warm_up.from_artifact
+    assert warm_up.rows.shape == (3, 4)
     assert loaded.model.predict(IRIS_ROW, ["predict"])["predict"].tolist() == [0]
 
 
