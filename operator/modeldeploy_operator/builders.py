@@ -35,6 +35,7 @@ __all__ = [
     "MODEL_DIR",
     "MODEL_REVISION_ANNOTATION",
     "SERVER_APP_NAME",
+    "SERVICE_PORT",
     "Manifest",
     "Owner",
     "Variant",
@@ -46,6 +47,7 @@ __all__ = [
     "deployment_name",
     "label_selector",
     "model_revision",
+    "owned_metadata",
     "selector_labels",
     "service_name",
 ]
@@ -130,7 +132,8 @@ def label_selector(name: str) -> str:
     return ",".join(f"{key}={value}" for key, value in sorted(selector_labels(name).items()))
 
 
-def _metadata(owner: Owner, name: str, variant: Variant | None) -> Manifest:
+def owned_metadata(owner: Owner, name: str, variant: Variant | None) -> Manifest:
+    """Metadata of a child: its name, the owner's namespace, the common labels and the ownerReference."""
     return {
         "name": name,
         "namespace": owner.namespace,
@@ -350,7 +353,7 @@ def build_deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(owner, deployment_name(owner.name, variant), variant),
+        "metadata": owned_metadata(owner, deployment_name(owner.name, variant), variant),
         "spec": deployment_spec,
     }
 
@@ -364,7 +367,7 @@ def build_service(owner: Owner, variant: Variant | None = None) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(owner, service_name(owner.name, variant), variant),
+        "metadata": owned_metadata(owner, service_name(owner.name, variant), variant),
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(owner.name, variant),
@@ -378,7 +381,7 @@ def build_horizontal_pod_autoscaler(owner: Owner, autoscaling: Autoscaling) -> M
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": _metadata(owner, owner.name, "stable"),
+        "metadata": owned_metadata(owner, owner.name, "stable"),
         "spec": {
             "scaleTargetRef": {
                 "apiVersion": "apps/v1",
@@ -413,7 +416,7 @@ def build_pod_disruption_budget(owner: Owner, budget: PodDisruptionBudget) -> Ma
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _metadata(owner, owner.name, "stable"),
+        "metadata": owned_metadata(owner, owner.name, "stable"),
         "spec": budget_spec,
     }
 

@@ -1,0 +1,546 @@
+"""The PromQL of a rollout step's checks, and their verdicts from Prometheus' answers.
+
+Nothing here talks to Prometheus. `plan_analysis` renders every query a step needs;
+the I/O layer runs each as an instant query at the end of the step's window and
+hands the decoded answers to `evaluate`, which turns them into `CheckResult`s.
+
+Every check compares the canary over exactly the step's window (`[Ns]`), and, where
+it compares, the stable model over the same window. A verdict is `pass` only on
+evidence: an empty result, NaN, an infinity, several series where one was expected,
+too few requests or an unanswered query make a check `inconclusive`.
+
+The prediction shift is the population stability index (PSI) between the canary's and
+the stable model's distributions of predicted classes (classifiers) or of predicted
+values over the histogram's buckets (regressors):
+PSI = Σ (c_i - s_i) · ln(c_i / s_i) over the categories i, where c_i and s_i are the
+shares of the canary's and the stable model's predictions in category i, each floored
+at `PSI_SHARE_FLOOR` so a category only one model predicted counts as a large, finite
+shift. Rules of thumb: below 0.1 little shift, above 0.25 a large one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Literal
+
+from modeldeploy_serving.metric_names import (
+    LABEL_CLASS,
+    LABEL_CODE,
+    LABEL_ENDPOINT,
+    LABEL_MODEL,
+    LABEL_NAMESPACE,
+    LABEL_VARIANT,
+    PREDICTION_CLASS_TOTAL,
+    PREDICTION_VALUE,
+    REQUEST_DURATION_SECONDS,
+    REQUESTS_TOTAL,
+)
+
+from .builders import Variant
+from .spec import Analysis, CheckResult
+
+__all__ = [
+    "PREDICTION_ENDPOINTS",
+    "PSI_SHARE_FLOOR",
+    "AnalysisPlan",
+    "QueryFailure",
+    "QueryFailureKind",
+    "QueryResult",
+    "Series",
+    "Vector",
+    "Verdict",
+    "evaluate",
+    "overall_verdict",
+    "plan_analysis",
+    "population_stability_index",
+    "render_custom_query",
+]
+
+# The server's endpoints that predict (see modeldeploy_serving.routes); health probes and
+# metadata calls are counted too, but say nothing about the model and would inflate the samples.
+PREDICTION_ENDPOINTS = ("infer", "predict")
+PSI_SHARE_FLOOR = 1e-4
+
+QueryFailureKind = Literal["unreachable", "timeout", "http_error", "bad_data"]
+
+SAMPLES = "samples"
+ERROR_RATE = "errorRate"
+LATENCY = "latency"
+PREDICTION_SHIFT = "predictionShift"
+
+_VARIANTS: tuple[Variant, ...] = ("canary", "stable")
+_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+
+
+@dataclass(frozen=True)
+class Series:
+    """One element of an instant vector: a series' labels and its value at the evaluation time."""
+
+    labels: Mapping[str, str]
+    value: float
+
+
+@dataclass(frozen=True)
+class Vector:
+    """Prometheus' answer to an instant query (a scalar answer is one series without labels)."""
+
+    series: tuple[Series, ...] = ()
+
+
+@dataclass(frozen=True)
+class QueryFailure:
+    """A query without an answer: Prometheus unreachable, too slow, failing (HTTP 5xx) or
+    rejecting the query or returning something undecodable (bad_data)."""
+
+    kind: QueryFailureKind
+    message: str = ""
+
+
+QueryResult = Vector | QueryFailure
+
+
+@dataclass(frozen=True)
+class AnalysisPlan:
+    """Every query one analysis window needs, by key; run each at the window's end."""
+
+    analysis: Analysis
+    window: timedelta
+    queries: Mapping[str, str] = field(default_factory=dict)
+
+
+def _window(window: timedelta) -> str:
+    seconds = max(1, round(window.total_seconds()))
+    return f"[{seconds}s]"
+
+
+def _quote(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def _selector(name: str, namespace: str, variant: Variant, *, requests: bool = False, extra: str = "") -> str:
+    matchers = [
+        f"{LABEL_MODEL}={_quote(name)}",
+        f"{LABEL_NAMESPACE}={_quote(namespace)}",
+        f"{LABEL_VARIANT}={_quote(variant)}",
+    ]
+    if requests:
+        matchers.append(f"{LABEL_ENDPOINT}=~{_quote('|'.join(PREDICTION_ENDPOINTS))}")
+    if extra:
+        matchers.append(extra)
+    return "{" + ",".join(matchers) + "}"
+
+
+def _samples_query(name: str, namespace: str, variant: Variant, window: str) -> str:
+    return f"sum(increase({REQUESTS_TOTAL}{_selector(name, namespace, variant, requests=True)}{window}))"
+
+
+def _error_rate_query(name: str, namespace: str, variant: Variant, window: str) -> str:
+    failed = _selector(name, namespace, variant, requests=True, extra=f'{LABEL_CODE}=~"5.."')
+    # Without a single failure there is no 5xx series at all; that is a rate of 0, not missing data.
+    return (
+        f"(sum(increase({REQUESTS_TOTAL}{failed}{window})) or vector(0))"
+        f" / {_samples_query(name, namespace, variant, window)}"
+    )
+
+
+def _latency_query(name: str, namespace: str, variant: Variant, window: str, quantile: float) -> str:
+    buckets = f"{REQUEST_DURATION_SECONDS}_bucket{_selector(name, namespace, variant, requests=True)}"
+    return f"histogram_quantile({quantile:g}, sum by (le) (rate({buckets}{window})))"
+
+
+def _classes_query(name: str, namespace: str, variant: Variant, window: str) -> str:
+    selector = _selector(name, namespace, variant)
+    return f"sum by ({LABEL_CLASS}) (increase({PREDICTION_CLASS_TOTAL}{selector}{window}))"
+
+
+def _values_query(name: str, namespace: str, variant: Variant, window: str) -> str:
+    return f"sum by (le) (increase({PREDICTION_VALUE}_bucket{_selector(name, namespace, variant)}{window}))"
+
+
+def render_custom_query(
+    template: str, *, name: str, namespace: str, variant: Variant, window: timedelta
+) -> str:
+    """A custom check's query with {{name}}, {{namespace}}, {{variant}} and {{window}} (or {{interval}})
+    filled in. Other placeholders stay, so Prometheus rejects the query and the check is inconclusive
+    with its parse error."""
+    values = {
+        "name": name,
+        "namespace": namespace,
+        "variant": variant,
+        "window": _window(window)[1:-1],
+        "interval": _window(window)[1:-1],
+    }
+    return _PLACEHOLDER.sub(lambda match: values.get(match[1], match[0]), template)
+
+
+def _key(check: str, variant: Variant, part: str = "") -> str:
+    return "/".join(item for item in (check, part, variant) if item)
+
+
+def plan_analysis(name: str, namespace: str, analysis: Analysis, window: timedelta) -> AnalysisPlan:
+    """The queries for one window of the ModelDeployment `name` in `namespace`.
+
+    The request counts of both variants are always queried; the stable model's value of a
+    check only where the check compares with it.
+    """
+    span = _window(window)
+    queries: dict[str, str] = {}
+    for variant in _VARIANTS:
+        queries[_key(SAMPLES, variant)] = _samples_query(name, namespace, variant, span)
+    error_rate = analysis.error_rate
+    if error_rate.enabled and (error_rate.max_ratio is not None or error_rate.max_increase is not None):
+        queries[_key(ERROR_RATE, "canary")] = _error_rate_query(name, namespace, "canary", span)
+        if error_rate.max_increase is not None:
+            queries[_key(ERROR_RATE, "stable")] = _error_rate_query(name, namespace, "stable", span)
+    latency = analysis.latency
+    if latency.enabled and (latency.max_seconds is not None or latency.max_increase_ratio is not None):
+        queries[_key(LATENCY, "canary")] = _latency_query(name, namespace, "canary", span, latency.quantile)
+        if latency.max_increase_ratio is not None:
+            queries[_key(LATENCY, "stable")] = _latency_query(
+                name, namespace, "stable", span, latency.quantile
+            )
+    if analysis.prediction_shift.enabled:
+        for variant in _VARIANTS:
+            queries[_key(PREDICTION_SHIFT, variant, "classes")] = _classes_query(
+                name, namespace, variant, span
+            )
+            queries[_key(PREDICTION_SHIFT, variant, "values")] = _values_query(name, namespace, variant, span)
+    for check in analysis.custom:
+        queries[_key(check.name, "canary")] = render_custom_query(
+            check.query, name=name, namespace=namespace, variant="canary", window=window
+        )
+    return AnalysisPlan(analysis=analysis, window=window, queries=queries)
+
+
+@dataclass(frozen=True)
+class _Scalar:
+    """A query's single number, or why there is none."""
+
+    value: float | None
+    problem: str = ""
+
+
+def _describe_failure(failure: QueryFailure) -> str:
+    what = {
+        "unreachable": "Prometheus is unreachable",
+        "timeout": "the query timed out",
+        "http_error": "Prometheus answered with an error",
+        "bad_data": "Prometheus rejected the query or its answer was unreadable",
+    }[failure.kind]
+    return f"{what}: {failure.message}" if failure.message else what
+
+
+def _scalar(result: QueryResult | None) -> _Scalar:
+    if result is None:
+        return _Scalar(None, "the query was not run")
+    if isinstance(result, QueryFailure):
+        return _Scalar(None, _describe_failure(result))
+    if not result.series:
+        return _Scalar(None, "no data: the query returned no series")
+    if len(result.series) > 1:
+        return _Scalar(None, f"the query returned {len(result.series)} series where one was expected")
+    value = result.series[0].value
+    if math.isnan(value):
+        return _Scalar(None, "the query returned NaN (no requests in the window?)")
+    if math.isinf(value):
+        return _Scalar(None, f"the query returned {'+' if value > 0 else '-'}Inf")
+    return _Scalar(value)
+
+
+@dataclass(frozen=True)
+class _Counts:
+    canary: float | None
+    stable: float | None
+    min_samples: int
+
+    def canary_problem(self) -> str:
+        if self.canary is None:
+            return "the canary's requests could not be counted"
+        if self.canary < self.min_samples:
+            return f"too few samples: the canary served {self.canary:g} of the {self.min_samples} requests needed"
+        return ""
+
+    def stable_problem(self) -> str:
+        if self.stable is None:
+            return "the stable model's requests could not be counted"
+        if self.stable < self.min_samples:
+            return (
+                f"too few samples: the stable model served {self.stable:g} of the {self.min_samples}"
+                " requests needed for a comparison"
+            )
+        return ""
+
+
+Verdict = Literal["pass", "fail", "inconclusive"]
+
+
+@dataclass(frozen=True)
+class _Judge:
+    """Turns one window's answers into check results."""
+
+    plan: AnalysisPlan
+    results: Mapping[str, QueryResult]
+    counts: _Counts
+
+    def scalar(self, key: str) -> _Scalar:
+        return _scalar(self.results.get(key))
+
+    def result(
+        self,
+        name: str,
+        verdict: Verdict,
+        message: str,
+        *,
+        key: str,
+        baseline_key: str = "",
+        value: float | None = None,
+        baseline: float | None = None,
+    ) -> CheckResult:
+        return CheckResult(
+            name=name,
+            query=self.plan.queries.get(key, ""),
+            baseline_query=self.plan.queries.get(baseline_key, ""),
+            value=value,
+            baseline=baseline,
+            samples=self.counts.canary,
+            verdict=verdict,
+            message=message,
+        )
+
+    def samples(self) -> CheckResult:
+        key, baseline_key = _key(SAMPLES, "canary"), _key(SAMPLES, "stable")
+        problem = self.counts.canary_problem()
+        if problem:
+            verdict: Verdict = "inconclusive"
+            message = problem
+        else:
+            verdict = "pass"
+            message = f"the canary served {self.counts.canary:g} requests, at least {self.counts.min_samples}"
+        return self.result(
+            SAMPLES,
+            verdict,
+            message,
+            key=key,
+            baseline_key=baseline_key,
+            value=self.counts.canary,
+            baseline=self.counts.stable,
+        )
+
+    def bounded(
+        self,
+        name: str,
+        *,
+        upper: float | None,
+        compare: _Comparison | None,
+        describe: _Describe,
+    ) -> CheckResult:
+        """A check with an absolute upper bound and/or a bound relative to the stable model's value.
+
+        An absolute bound exceeded fails the check even when the comparison has no data.
+        """
+        key = _key(name, "canary")
+        baseline_key = _key(name, "stable") if compare is not None else ""
+        canary = self.scalar(key)
+        baseline = self.scalar(baseline_key) if compare is not None else _Scalar(None)
+
+        def result(verdict: Verdict, message: str) -> CheckResult:
+            return self.result(
+                name,
+                verdict,
+                message,
+                key=key,
+                baseline_key=baseline_key,
+                value=canary.value,
+                baseline=baseline.value,
+            )
+
+        samples_problem = self.counts.canary_problem()
+        if canary.value is None or samples_problem:
+            return result("inconclusive", samples_problem or f"canary: {canary.problem}")
+        if upper is not None and canary.value > upper:
+            return result("fail", f"canary {describe(canary.value)} is above the bound of {describe(upper)}")
+        if compare is not None:
+            stable_problem = self.counts.stable_problem()
+            if baseline.value is None or stable_problem:
+                return result("inconclusive", stable_problem or f"stable model: {baseline.problem}")
+            limit = compare(baseline.value)
+            if canary.value > limit:
+                return result(
+                    "fail",
+                    f"canary {describe(canary.value)} is above {describe(limit)}, the most allowed beside"
+                    f" the stable model's {describe(baseline.value)}",
+                )
+            return result(
+                "pass",
+                f"canary {describe(canary.value)} is within bounds (stable model {describe(baseline.value)})",
+            )
+        return result("pass", f"canary {describe(canary.value)} is within bounds")
+
+    def prediction_shift(self) -> CheckResult:
+        key, baseline_key = (
+            _key(PREDICTION_SHIFT, "canary", "classes"),
+            _key(PREDICTION_SHIFT, "stable", "classes"),
+        )
+
+        def result(verdict: Verdict, message: str, value: float | None = None) -> CheckResult:
+            return self.result(
+                PREDICTION_SHIFT, verdict, message, key=key, baseline_key=baseline_key, value=value
+            )
+
+        samples_problem = self.counts.canary_problem() or self.counts.stable_problem()
+        if samples_problem:
+            return result("inconclusive", samples_problem)
+        distributions = []
+        for variant in ("canary", "stable"):
+            classes = self.results.get(_key(PREDICTION_SHIFT, variant, "classes"))
+            values = self.results.get(_key(PREDICTION_SHIFT, variant, "values"))
+            for answer in (classes, values):
+                if answer is None or isinstance(answer, QueryFailure):
+                    failure = answer or QueryFailure("bad_data", "the query was not run")
+                    return result("inconclusive", f"{variant}: {_describe_failure(failure)}")
+            assert isinstance(classes, Vector) and isinstance(values, Vector)  # narrowed by the loop
+            distributions.append((_class_counts(classes), _bucket_counts(values)))
+        (canary_classes, canary_values), (stable_classes, stable_values) = distributions
+        # Classifiers count classes, regressors fill the value histogram; a model does one or the other.
+        if _total(canary_classes) > 0 or _total(stable_classes) > 0:
+            kind, canary_counts, stable_counts = "classes", canary_classes, stable_classes
+        else:
+            kind, canary_counts, stable_counts = "predicted values", canary_values, stable_values
+            key, baseline_key = (
+                _key(PREDICTION_SHIFT, "canary", "values"),
+                _key(PREDICTION_SHIFT, "stable", "values"),
+            )
+        for variant, counts in (("canary", canary_counts), ("stable model", stable_counts)):
+            if _total(counts) <= 0:
+                return result("inconclusive", f"no data: the {variant} recorded no predictions in the window")
+        shift = population_stability_index(canary_counts, stable_counts)
+        limit = self.plan.analysis.prediction_shift.max_shift
+        if shift > limit:
+            return result(
+                "fail", f"the {kind} shifted by PSI {shift:.3g}, above the bound of {limit:g}", shift
+            )
+        return result("pass", f"the {kind} shifted by PSI {shift:.3g}, within the bound of {limit:g}", shift)
+
+    def custom(self, name: str, low: float | None, high: float | None) -> CheckResult:
+        key = _key(name, "canary")
+        value = self.scalar(key)
+
+        def result(verdict: Verdict, message: str) -> CheckResult:
+            return self.result(name, verdict, message, key=key, value=value.value)
+
+        samples_problem = self.counts.canary_problem()
+        if value.value is None or samples_problem:
+            return result("inconclusive", samples_problem or value.problem)
+        if low is not None and value.value < low:
+            return result("fail", f"{value.value:g} is below the minimum of {low:g}")
+        if high is not None and value.value > high:
+            return result("fail", f"{value.value:g} is above the maximum of {high:g}")
+        return result("pass", f"{value.value:g} is within bounds")
+
+
+_Comparison = Callable[[float], float]
+_Describe = Callable[[float], str]
+
+
+def _percent(value: float) -> str:
+    return f"{value * 100:.3g}%"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3g}s"
+
+
+def _class_counts(vector: Vector) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    for series in vector.series:
+        if math.isfinite(series.value) and series.value > 0:
+            label = series.labels.get(LABEL_CLASS, "")
+            counts[label] = counts.get(label, 0.0) + series.value
+    return counts
+
+
+def _bucket_counts(vector: Vector) -> dict[str, float]:
+    """Per-bucket counts from a histogram's cumulative ones (`le` labels)."""
+    cumulative = sorted(
+        (float(series.labels["le"]), series.value)
+        for series in vector.series
+        if "le" in series.labels and math.isfinite(series.value)
+    )
+    counts: dict[str, float] = {}
+    below = 0.0
+    for upper, total in cumulative:
+        # increase() extrapolates each bucket on its own, so a bucket may come out a little below the one
+        # before it; that is noise, not a negative count.
+        counts[f"{upper:g}"] = max(total - below, 0.0)
+        below = max(below, total)
+    return counts
+
+
+def _total(counts: Mapping[str, float]) -> float:
+    return sum(counts.values())
+
+
+def population_stability_index(canary: Mapping[str, float], stable: Mapping[str, float]) -> float:
+    """PSI between two distributions given as counts per category (both with a positive total)."""
+    canary_total, stable_total = _total(canary), _total(stable)
+    index = 0.0
+    for category in set(canary) | set(stable):
+        canary_share = max(canary.get(category, 0.0) / canary_total, PSI_SHARE_FLOOR)
+        stable_share = max(stable.get(category, 0.0) / stable_total, PSI_SHARE_FLOOR)
+        index += (canary_share - stable_share) * math.log(canary_share / stable_share)
+    return index
+
+
+def evaluate(plan: AnalysisPlan, results: Mapping[str, QueryResult]) -> list[CheckResult]:
+    """The verdict of every check of the plan, the request count ("samples") first.
+
+    `results` holds the decoded answer to each of `plan.queries` by the same key; a missing
+    answer counts as a query that was not run.
+    """
+    counts = _Counts(
+        canary=_scalar(results.get(_key(SAMPLES, "canary"))).value,
+        stable=_scalar(results.get(_key(SAMPLES, "stable"))).value,
+        min_samples=plan.analysis.min_samples,
+    )
+    judge = _Judge(plan, results, counts)
+    checks = [judge.samples()]
+    analysis = plan.analysis
+    if _key(ERROR_RATE, "canary") in plan.queries:
+        increase = analysis.error_rate.max_increase
+        checks.append(
+            judge.bounded(
+                ERROR_RATE,
+                upper=analysis.error_rate.max_ratio,
+                compare=None if increase is None else (lambda stable: stable + increase),
+                describe=_percent,
+            )
+        )
+    if _key(LATENCY, "canary") in plan.queries:
+        ratio = analysis.latency.max_increase_ratio
+        checks.append(
+            judge.bounded(
+                LATENCY,
+                upper=analysis.latency.max_seconds,
+                compare=None if ratio is None else (lambda stable: stable * ratio),
+                describe=_seconds,
+            )
+        )
+    if analysis.prediction_shift.enabled:
+        checks.append(judge.prediction_shift())
+    checks.extend(judge.custom(check.name, check.min, check.max) for check in analysis.custom)
+    return checks
+
+
+def overall_verdict(checks: Sequence[CheckResult]) -> Verdict:
+    """A window's verdict: fail if any check failed, pass only if every check passed."""
+    verdicts = {check.verdict for check in checks}
+    if "fail" in verdicts:
+        return "fail"
+    if not checks or "inconclusive" in verdicts:
+        return "inconclusive"
+    return "pass"
