@@ -48,8 +48,6 @@ class AdaptiveBatcher:
         self._in_flight = in_flight
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._consumers: list[asyncio.Task[None]] = []
-        self.batch_sizes: list[int] = []
-        """Rows per predict call, most recent last (bounded); for tests and diagnostics."""
 
     def start(self) -> None:
         """Start the consumer tasks on the running event loop."""
@@ -92,7 +90,6 @@ class AdaptiveBatcher:
             await self._run_batch(batch)
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
-        self.batch_sizes = [*self.batch_sizes[-99:], sum(len(item.rows) for item in batch)]
         outputs = tuple(dict.fromkeys(name for item in batch for name in item.outputs))
         try:
             merged = np.concatenate([item.rows for item in batch]) if len(batch) > 1 else batch[0].rows

@@ -107,11 +107,6 @@ class DataPlane:
             await self._batcher.stop()
         self._executor.shutdown(wait=True)
 
-    @property
-    def batcher(self) -> AdaptiveBatcher | None:
-        """The batcher when batching is enabled and started."""
-        return self._batcher
-
     # --- health and metadata -----------------------------------------------------------------
 
     def live(self) -> bool:
