@@ -679,8 +679,14 @@ class CanaryStatus(CamelModel):
     uri: str
     """Location of the canary artifact."""
 
+    format: Literal["auto", "sklearn", "mlflow"] | None = None
+    """How the server loads the canary artifact; auto when unset."""
+
     version: str | None = None
     """Version label of the canary model."""
+
+    digest: str | None = None
+    """Expected SHA-256 digest of the canary artifact, when pinned."""
 
     revision: str
     """Hash of the canary model, to tell whether the spec still asks for this rollout."""
@@ -716,6 +722,12 @@ class CanaryStatus(CamelModel):
 
     checks: list[CheckResult] = Field(default_factory=list, max_length=32)
     """The last result of each check."""
+
+    def source(self) -> ModelSource:
+        """The canary model as the builders take it, to rebuild the canary Deployment from status alone."""
+        return ModelSource(
+            uri=self.uri, format=self.format or "auto", version=self.version, sha256=self.digest
+        )
 
 
 class HistoryEntry(CamelModel):
