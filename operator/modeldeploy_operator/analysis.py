@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Literal
+from typing import Literal, Protocol
 
 from modeldeploy_serving.metric_names import (
     LABEL_CLASS,
@@ -51,7 +51,6 @@ __all__ = [
     "QueryFailureKind",
     "QueryResult",
     "Series",
-    "Vector",
     "Verdict",
     "evaluate",
     "overall_verdict",
@@ -65,7 +64,7 @@ __all__ = [
 PREDICTION_ENDPOINTS = ("infer", "predict")
 PSI_SHARE_FLOOR = 1e-4
 
-QueryFailureKind = Literal["unreachable", "timeout", "http_error", "bad_data"]
+QueryFailureKind = Literal["unreachable", "timeout", "http", "bad-query", "bad-response"]
 
 SAMPLES = "samples"
 ERROR_RATE = "errorRate"
@@ -76,31 +75,30 @@ _VARIANTS: tuple[Variant, ...] = ("canary", "stable")
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 
 
-@dataclass(frozen=True)
-class Series:
-    """One element of an instant vector: a series' labels and its value at the evaluation time."""
+class Series(Protocol):
+    """One element of an instant vector (`prometheus.Sample` is one): its labels and its value at the
+    evaluation time; a scalar answer is one series without labels."""
 
-    labels: Mapping[str, str]
-    value: float
+    @property
+    def labels(self) -> Mapping[str, str]:
+        """The series' labels."""
 
-
-@dataclass(frozen=True)
-class Vector:
-    """Prometheus' answer to an instant query (a scalar answer is one series without labels)."""
-
-    series: tuple[Series, ...] = ()
+    @property
+    def value(self) -> float:
+        """The value, NaN and ±Inf included."""
 
 
 @dataclass(frozen=True)
 class QueryFailure:
-    """A query without an answer: Prometheus unreachable, too slow, failing (HTTP 5xx) or
-    rejecting the query or returning something undecodable (bad_data)."""
+    """A query without an answer, of the kinds `prometheus.PrometheusError` reports: Prometheus
+    unreachable, too slow, answering with an HTTP error, refusing the query, or answering nonsense."""
 
     kind: QueryFailureKind
     message: str = ""
 
 
-QueryResult = Vector | QueryFailure
+# Prometheus' answer to one instant query: its series, or why there are none.
+QueryResult = Sequence[Series] | QueryFailure
 
 
 @dataclass(frozen=True)
@@ -229,8 +227,9 @@ def _describe_failure(failure: QueryFailure) -> str:
     what = {
         "unreachable": "Prometheus is unreachable",
         "timeout": "the query timed out",
-        "http_error": "Prometheus answered with an error",
-        "bad_data": "Prometheus rejected the query or its answer was unreadable",
+        "http": "Prometheus answered with an HTTP error",
+        "bad-query": "Prometheus refused the query",
+        "bad-response": "Prometheus' answer was unreadable",
     }[failure.kind]
     return f"{what}: {failure.message}" if failure.message else what
 
@@ -240,11 +239,11 @@ def _scalar(result: QueryResult | None) -> _Scalar:
         return _Scalar(None, "the query was not run")
     if isinstance(result, QueryFailure):
         return _Scalar(None, _describe_failure(result))
-    if not result.series:
+    if not result:
         return _Scalar(None, "no data: the query returned no series")
-    if len(result.series) > 1:
-        return _Scalar(None, f"the query returned {len(result.series)} series where one was expected")
-    value = result.series[0].value
+    if len(result) > 1:
+        return _Scalar(None, f"the query returned {len(result)} series where one was expected")
+    value = result[0].value
     if math.isnan(value):
         return _Scalar(None, "the query returned NaN (no requests in the window?)")
     if math.isinf(value):
@@ -400,10 +399,12 @@ class _Judge:
             classes = self.results.get(_key(PREDICTION_SHIFT, variant, "classes"))
             values = self.results.get(_key(PREDICTION_SHIFT, variant, "values"))
             for answer in (classes, values):
-                if answer is None or isinstance(answer, QueryFailure):
-                    failure = answer or QueryFailure("bad_data", "the query was not run")
-                    return result("inconclusive", f"{variant}: {_describe_failure(failure)}")
-            assert isinstance(classes, Vector) and isinstance(values, Vector)  # narrowed by the loop
+                if answer is None:
+                    return result("inconclusive", f"{variant}: the query was not run")
+                if isinstance(answer, QueryFailure):
+                    return result("inconclusive", f"{variant}: {_describe_failure(answer)}")
+            assert not isinstance(classes, QueryFailure | None)  # returned above
+            assert not isinstance(values, QueryFailure | None)  # returned above
             distributions.append((_class_counts(classes), _bucket_counts(values)))
         (canary_classes, canary_values), (stable_classes, stable_values) = distributions
         # Classifiers count classes, regressors fill the value histogram; a model does one or the other.
@@ -455,20 +456,20 @@ def _seconds(value: float) -> str:
     return f"{value:.3g}s"
 
 
-def _class_counts(vector: Vector) -> dict[str, float]:
+def _class_counts(vector: Sequence[Series]) -> dict[str, float]:
     counts: dict[str, float] = {}
-    for series in vector.series:
+    for series in vector:
         if math.isfinite(series.value) and series.value > 0:
             label = series.labels.get(LABEL_CLASS, "")
             counts[label] = counts.get(label, 0.0) + series.value
     return counts
 
 
-def _bucket_counts(vector: Vector) -> dict[str, float]:
+def _bucket_counts(vector: Sequence[Series]) -> dict[str, float]:
     """Per-bucket counts from a histogram's cumulative ones (`le` labels)."""
     cumulative = sorted(
         (float(series.labels["le"]), series.value)
-        for series in vector.series
+        for series in vector
         if "le" in series.labels and math.isfinite(series.value)
     )
     counts: dict[str, float] = {}
