@@ -609,3 +609,49 @@ def test_install_makes_the_operator_available_and_uninstall_cleans_up(
     assert cluster_wide.strip() == ""
     # Helm never deletes CRDs: the ModelDeployments outlive the release.
     cluster.kubectl("get", "crd", "modeldeployments.modeldeploy.io")
+
+
+# -- values documentation ------------------------------------------------------------------------
+
+
+def documented_values() -> tuple[dict[str, str], list[str]]:
+    """Each key path in values.yaml with the first line of the comment just above it ('' if none)."""
+    comments: dict[str, str] = {}
+    order: list[str] = []
+    stack: list[tuple[int, str]] = []
+    block: list[str] = []
+    for line in (CHART / "values.yaml").read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            block.append(stripped)
+            continue
+        key = re.match(r"^( *)([A-Za-z][A-Za-z0-9]*):", line)
+        if key:
+            indent = len(key.group(1))
+            stack = [(level, name) for level, name in stack if level < indent]
+            stack.append((indent, key.group(2)))
+            path = ".".join(name for _, name in stack)
+            comments[path] = block[0] if block else ""
+            order.append(path)
+        block = []
+    return comments, order
+
+
+def test_every_value_is_documented_and_in_the_schema() -> None:
+    """A value's comment starts with its name; a value without one groups documented values."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    comments, order = documented_values()
+    exempt: list[str] = []
+    for path in order:
+        if any(path.startswith(parent + ".") for parent in exempt):
+            continue
+        node = schema
+        for part in path.split("."):
+            assert part in node.get("properties", {}), f"{path} is not in values.schema.json"
+            node = node["properties"][part]
+        if comments[path].startswith(f"# {path} "):
+            exempt.append(path)
+        else:
+            assert "properties" in node, f"{path} has no comment starting with its name"
+    top_level = {path for path in order if "." not in path}
+    assert set(schema["properties"]) - top_level <= {"global"}
