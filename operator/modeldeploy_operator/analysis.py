@@ -394,19 +394,23 @@ class _Judge:
         samples_problem = self.counts.canary_problem() or self.counts.stable_problem()
         if samples_problem:
             return result("inconclusive", samples_problem)
-        distributions = []
-        for variant in ("canary", "stable"):
-            classes = self.results.get(_key(PREDICTION_SHIFT, variant, "classes"))
-            values = self.results.get(_key(PREDICTION_SHIFT, variant, "values"))
-            for answer in (classes, values):
+        answers: dict[str, Sequence[Series]] = {}
+        for variant in _VARIANTS:
+            for part in ("classes", "values"):
+                answer = self.results.get(_key(PREDICTION_SHIFT, variant, part))
                 if answer is None:
                     return result("inconclusive", f"{variant}: the query was not run")
                 if isinstance(answer, QueryFailure):
                     return result("inconclusive", f"{variant}: {_describe_failure(answer)}")
-            assert not isinstance(classes, QueryFailure | None)  # returned above
-            assert not isinstance(values, QueryFailure | None)  # returned above
-            distributions.append((_class_counts(classes), _bucket_counts(values)))
-        (canary_classes, canary_values), (stable_classes, stable_values) = distributions
+                answers[f"{variant}/{part}"] = answer
+        canary_classes, stable_classes = (
+            _class_counts(answers["canary/classes"]),
+            _class_counts(answers["stable/classes"]),
+        )
+        canary_values, stable_values = (
+            _bucket_counts(answers["canary/values"]),
+            _bucket_counts(answers["stable/values"]),
+        )
         # Classifiers count classes, regressors fill the value histogram; a model does one or the other.
         if _total(canary_classes) > 0 or _total(stable_classes) > 0:
             kind, canary_counts, stable_counts = "classes", canary_classes, stable_classes
@@ -465,13 +469,22 @@ def _class_counts(vector: Sequence[Series]) -> dict[str, float]:
     return counts
 
 
+def _bound(text: str) -> float:
+    """A bucket's upper bound; NaN for a label that is not one (which the bucket count then skips)."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
 def _bucket_counts(vector: Sequence[Series]) -> dict[str, float]:
     """Per-bucket counts from a histogram's cumulative ones (`le` labels)."""
-    cumulative = sorted(
-        (float(series.labels["le"]), series.value)
-        for series in vector
-        if "le" in series.labels and math.isfinite(series.value)
-    )
+    cumulative = []
+    for series in vector:
+        bound = _bound(series.labels.get("le", ""))
+        if not math.isnan(bound) and math.isfinite(series.value):
+            cumulative.append((bound, series.value))
+    cumulative.sort()
     counts: dict[str, float] = {}
     below = 0.0
     for upper, total in cumulative:
