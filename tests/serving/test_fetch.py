@@ -280,6 +280,10 @@ with mlflow.start_run() as run:
         input_example=X_train,
         registered_model_name="tracking-quickstart",
     )
+    # A plain run artifact as well, the way models were stored before MLflow 3.
+    import skops.io
+    skops.io.dump(lr, "exported.skops")
+    mlflow.log_artifact("exported.skops", artifact_path="exported")
 mlflow.MlflowClient().set_registered_model_alias("tracking-quickstart", "champion", "1")
 print(run.info.run_id)
 """
@@ -323,17 +327,27 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
 
 
 @pytest.mark.parametrize(
-    "uri", ["models:/tracking-quickstart/1", "models:/tracking-quickstart@champion", "runs"]
+    "uri",
+    ["models:/tracking-quickstart/1", "models:/tracking-quickstart@champion", "runs:/RUN/iris_model"],
 )
 def test_mlflow_uris_resolve_through_the_tracking_server(
     mlflow_server: tuple[str, str], tmp_path: Path, uri: str
 ) -> None:
     url, run_id = mlflow_server
-    if uri == "runs":
-        uri = f"runs:/{run_id}/iris_model"
     dest = tmp_path / "dest"
-    fetch(uri, dest, None, {"MLFLOW_TRACKING_URI": url})
+    fetch(uri.replace("RUN", run_id), dest, None, {"MLFLOW_TRACKING_URI": url})
     assert {"MLmodel", "model.skops"} <= set(visible(dest))
+    assert predict_setosa(dest) == [0]
+
+
+@pytest.mark.parametrize("path", ["exported", "exported/exported.skops"])
+def test_plain_run_artifacts_download_through_the_proxy(
+    mlflow_server: tuple[str, str], tmp_path: Path, path: str
+) -> None:
+    url, run_id = mlflow_server
+    dest = tmp_path / "dest"
+    fetch(f"runs:/{run_id}/{path}", dest, None, {"MLFLOW_TRACKING_URI": url})
+    assert visible(dest) == ["exported.skops"]
     assert predict_setosa(dest) == [0]
 
 

@@ -100,7 +100,7 @@ def test_sigterm_lets_in_flight_requests_finish(start_server: Any, slow_model_di
 
     requester = threading.Thread(target=slow_request)
     requester.start()
-    time.sleep(0.5)
+    time.sleep(1.0)  # the request is being predicted: sending and decoding it takes a fraction of this
     server.process.send_signal(signal.SIGTERM)
     requester.join(60)
     # uvicorn re-raises the SIGTERM it handled once it has shut down.
