@@ -257,8 +257,9 @@ class _Machine:
     def steps(self) -> list[int]:
         return self.spec.rollout.steps
 
-    def step_label(self, step: int) -> str:
-        return f"step {step + 1} of {len(self.steps)}"
+    def step_label(self, step: int, *, first: bool = False) -> str:
+        """The step as people count it; `first` for the start of a sentence."""
+        return f"{'Step' if first else 'step'} {step + 1} of {len(self.steps)}"
 
     # Following the spec.
 
@@ -421,14 +422,16 @@ class _Machine:
             summary = _summary(checks, "fail") or _summary(checks, "inconclusive")
             if failures > limits.failure_limit:
                 self.reject(
-                    "rolledBack", "AnalysisFailed", f"{self.step_label(canary.step)} failed: {summary}"
+                    "rolledBack",
+                    "AnalysisFailed",
+                    f"{self.step_label(canary.step, first=True)} failed: {summary}",
                 )
                 return
             self.update_canary(failures=failures, inconclusive=0, analysis_started_at=self.now)
             self.emit(
                 "Warning",
                 "StepFailed",
-                f"{self.step_label(canary.step)} failed ({failures} of {limits.failure_limit} failures tolerated),"
+                f"{self.step_label(canary.step, first=True)} failed ({failures} of {limits.failure_limit} failures tolerated),"
                 f" analysing it again: {summary}",
             )
             return
@@ -445,7 +448,7 @@ class _Machine:
         self.emit(
             "Normal",
             "StepInconclusive",
-            f"{self.step_label(canary.step)} has no verdict yet ({inconclusive} of"
+            f"{self.step_label(canary.step, first=True)} has no verdict yet ({inconclusive} of"
             f" {limits.inconclusive_limit} tolerated), analysing it again: {summary}",
         )
 
@@ -457,7 +460,7 @@ class _Machine:
             self.reject(
                 "rolledBack",
                 "ProgressDeadlineExceeded",
-                f"{self.step_label(canary.step)} ran longer than the progress deadline of"
+                f"{self.step_label(canary.step, first=True)} ran longer than the progress deadline of"
                 f" {self.spec.rollout.progress_deadline} without a verdict",
             )
 

@@ -552,14 +552,16 @@ class Rollout(CamelModel):
     """How each step is judged."""
 
     failure_limit: Annotated[int, Field(ge=0)] = 0
-    """Failed steps tolerated before the rollout is rolled back; 0 rolls back at the first failure."""
+    """Failed analysis windows tolerated over the whole rollout before it is rolled back (a failed window
+    within the limit is analysed again at the same step); 0 rolls back at the first failure."""
 
     inconclusive_limit: Annotated[int, Field(ge=0)] = 3
-    """Steps in a row without a verdict (too little data, Prometheus unreachable) tolerated before the
-    rollout is rolled back."""
+    """Analysis windows in a row without a verdict (too little data, Prometheus unreachable) tolerated
+    before the rollout is rolled back."""
 
     progress_deadline: Duration = "30m"
-    """Longest time one step may run without a verdict before the rollout is rolled back."""
+    """Longest time one step may last before the rollout is rolled back; never shorter than stepDuration,
+    and time paused does not count."""
 
 
 class ModelDeploymentSpec(CamelModel):
@@ -715,10 +717,10 @@ class CanaryStatus(CamelModel):
     """When the rollout was paused through the modeldeploy.io/paused annotation; unset while it runs."""
 
     failures: Annotated[int, Field(ge=0)] = 0
-    """Failed steps so far."""
+    """Failed analysis windows so far."""
 
     inconclusive: Annotated[int, Field(ge=0)] = 0
-    """Steps in a row without a verdict."""
+    """Analysis windows in a row without a verdict."""
 
     checks: list[CheckResult] = Field(default_factory=list, max_length=32)
     """The last result of each check."""

@@ -164,7 +164,7 @@ def test_a_failing_window_rolls_back_and_says_why() -> None:
         "AnalysisFailed",
         T0 + 5 * MINUTE,
     )
-    assert rejected.message == "step 1 of 2 failed: errorRate: errorRate fail"
+    assert rejected.message == "Step 1 of 2 failed: errorRate: errorRate fail"
     (entry,) = decision.status.history
     assert (entry.outcome, entry.reason) == ("rolledBack", "AnalysisFailed")
     assert moves(decision.actions) == [SetStable(V1, 4), RemoveCanary()]
@@ -261,7 +261,7 @@ def test_a_step_without_a_verdict_past_the_deadline_rolls_back() -> None:
     assert decision.status.rejected.reason == "ProgressDeadlineExceeded"
     assert (
         decision.status.rejected.message
-        == "step 1 of 2 ran longer than the progress deadline of 30m without a verdict"
+        == "Step 1 of 2 ran longer than the progress deadline of 30m without a verdict"
     )
     assert decision.status.history[0].reason == "ProgressDeadlineExceeded"
 
