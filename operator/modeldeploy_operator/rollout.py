@@ -306,7 +306,6 @@ class _Machine:
                 digest=model.sha256,
                 revision=model_revision(model),
                 weight=weight,
-                effective_weight=_replicas(self.spec, weight)[2],
                 step=0,
                 started_at=self.now,
                 step_started_at=self.now,
@@ -477,7 +476,6 @@ class _Machine:
         self.update_canary(
             step=step,
             weight=weight,
-            effective_weight=_replicas(self.spec, weight)[2],
             step_started_at=self.now,
             analysis_started_at=self.now,
             inconclusive=0,
@@ -605,5 +603,9 @@ def decide(
     machine.check_deadline()
     after = placement(spec, machine.status)
     assert after is not None  # the stable model never disappears
+    canary = machine.status.canary
+    # Recomputed every time: a change of spec.replicas mid-rollout changes the share the pods give.
+    if canary is not None and canary.effective_weight != after.effective_weight:
+        machine.update_canary(effective_weight=after.effective_weight)
     actions: list[Action] = [*_placement_actions(spec.traffic.provider, before, after), *machine.events]
     return Decision(machine.status, tuple(actions))

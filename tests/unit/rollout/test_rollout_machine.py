@@ -86,6 +86,16 @@ def test_a_route_provider_keeps_the_stable_pods_and_sets_the_weight() -> None:
     assert decision.status.canary.effective_weight == 10.0
 
 
+def test_the_effective_weight_follows_the_pod_count() -> None:
+    _, status = started()
+    assert status.canary is not None
+    assert status.canary.effective_weight == 25.0
+    decision = step(make_spec(replicas=10), status, T0 + MINUTE)
+    assert decision.status.canary is not None
+    assert decision.status.canary.effective_weight == 10.0
+    assert decision.actions == ()  # applying the placement scales the pods; nothing else changed
+
+
 def test_an_autoscaled_stable_model_keeps_its_count() -> None:
     spec = make_spec(autoscaling={"maxReplicas": 10})
     decision = step(spec, stable_status(), T0)
