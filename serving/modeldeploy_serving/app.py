@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modeldeploy_serving.dataplane import SERVER_VERSION, DataPlane
+from modeldeploy_serving.dataplane import SERVER_VERSION, DataPlane, WorkerGroup
 from modeldeploy_serving.errors import ServingError
 from modeldeploy_serving.metrics import ServerMetrics
 from modeldeploy_serving.protocol import InferenceRequest, V1PredictRequest
@@ -54,6 +54,7 @@ def create_app(
     load_model: bool = True,
     state: ServerState | None = None,
     exposition_registry: CollectorRegistry | None = None,
+    peers: WorkerGroup | None = None,
 ) -> FastAPI:
     """The application; it loads the model in the background unless `load_model` is False.
 
@@ -62,7 +63,7 @@ def create_app(
     """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = ServerMetrics(settings, registry)
-    plane = data_plane if data_plane is not None else DataPlane(settings, metrics)
+    plane = data_plane if data_plane is not None else DataPlane(settings, metrics, peers)
     server_state = state if state is not None else ServerState()
 
     @asynccontextmanager

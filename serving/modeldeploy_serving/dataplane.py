@@ -7,10 +7,12 @@ it is tested directly, without a server.
 import asyncio
 import importlib.metadata
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,9 +39,15 @@ except importlib.metadata.PackageNotFoundError:  # running from a source tree th
 class DataPlane:
     """Serves one model under the name and version from the settings."""
 
-    def __init__(self, settings: ServerSettings, metrics: ServerMetrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        metrics: ServerMetrics | None = None,
+        peers: "WorkerGroup | None" = None,
+    ) -> None:
         self._settings = settings
         self._metrics = metrics
+        self._peers = peers
         self._model: Model | None = None
         self._artifact: LoadedArtifact | None = None
         self._executor = ThreadPoolExecutor(
@@ -87,6 +95,8 @@ class DataPlane:
                 # categories; the model did run its checks, which is what the warm-up is for.
                 logger.warning("The warm-up with zeros was rejected, serving anyway: %s", error)
         self._model = model
+        if self._peers is not None:
+            self._peers.mark_ready()
 
     async def start(self) -> None:
         """Start the batcher, if enabled, on the running event loop."""
@@ -114,8 +124,8 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        """The model is loaded and its warm-up prediction passed."""
-        return self._model is not None
+        """The model is loaded and warmed up, in this worker and all its peers."""
+        return self._model is not None and (self._peers is None or self._peers.all_ready())
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
         """Whether the named model is ready; ModelNotFound for a model this server lacks."""
@@ -280,6 +290,29 @@ class DataPlane:
                 f"unknown output(s) {', '.join(unknown)}; this model offers {', '.join(available)}"
             )
         return names
+
+
+class WorkerGroup:
+    """Worker processes that share a port: the pod is ready only when every one of them is.
+
+    Otherwise a probe answered by a ready worker would route traffic to one still loading.
+    Each worker marks itself ready with a file named after its process id in a shared directory.
+    """
+
+    def __init__(self, directory: Path, size: int) -> None:
+        self._directory = directory
+        self._size = size
+        self._all_ready = False
+
+    def mark_ready(self) -> None:
+        """Record that this process has its model loaded and warmed up."""
+        (self._directory / f"ready-{os.getpid()}").touch()
+
+    def all_ready(self) -> bool:
+        """Whether as many workers as the group has have marked themselves ready."""
+        if not self._all_ready:
+            self._all_ready = len(list(self._directory.glob("ready-*"))) >= self._size
+        return self._all_ready
 
 
 def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:

@@ -4,30 +4,34 @@ import logging
 import os
 import sys
 import tempfile
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, multiprocess
 
 from modeldeploy_serving.app import ServerState, create_app
-from modeldeploy_serving.dataplane import DataPlane
+from modeldeploy_serving.dataplane import DataPlane, WorkerGroup
 from modeldeploy_serving.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
 _MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+_READY_DIR_VARIABLE = "MODELDEPLOY_WORKERS_READY_DIR"
 
 
 def app_from_environment() -> FastAPI:
     """The application of one worker process, configured from the environment."""
     settings = ServerSettings()
-    if os.environ.get(_MULTIPROCESS_DIR_VARIABLE):
-        # Every worker writes its samples to files in the shared directory; any worker's
-        # /metrics answers with all of them added up.
-        exposition = CollectorRegistry()
-        multiprocess.MultiProcessCollector(exposition)  # type: ignore[no-untyped-call]
-        return create_app(settings, exposition_registry=exposition)
-    return create_app(settings)
+    shared = os.environ.get(_MULTIPROCESS_DIR_VARIABLE)
+    if not shared:
+        return create_app(settings)
+    # Every worker writes its samples to files in the shared directory; any worker's /metrics
+    # answers with all of them added up.
+    exposition = CollectorRegistry()
+    multiprocess.MultiProcessCollector(exposition)  # type: ignore[no-untyped-call]
+    peers = WorkerGroup(Path(os.environ[_READY_DIR_VARIABLE]), settings.workers)
+    return create_app(settings, exposition_registry=exposition, peers=peers)
 
 
 def serve(settings: ServerSettings) -> int:
@@ -55,6 +59,7 @@ def serve(settings: ServerSettings) -> int:
         logger.error("Could not load the model: %s", error)
         return 1
     os.environ.setdefault(_MULTIPROCESS_DIR_VARIABLE, tempfile.mkdtemp(prefix="modeldeploy-metrics-"))
+    os.environ[_READY_DIR_VARIABLE] = tempfile.mkdtemp(prefix="modeldeploy-ready-")
     uvicorn.run(
         "modeldeploy_serving.server:app_from_environment",
         factory=True,

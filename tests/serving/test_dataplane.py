@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from serving_helpers import make_settings, v2_tensor
 
-from modeldeploy_serving.dataplane import DataPlane
+from modeldeploy_serving.dataplane import DataPlane, WorkerGroup
 from modeldeploy_serving.errors import InvalidInput, ModelNotFound, ModelNotReady
 from modeldeploy_serving.metrics import ServerMetrics
 from modeldeploy_serving.model import SklearnModel
@@ -232,3 +232,12 @@ def test_a_warm_up_with_the_artifacts_own_example_must_pass(tmp_path: Path, iris
     with pytest.raises(InvalidInput, match="expects 4 features"):
         plane.serve_model(SklearnModel(iris_classifier, example_rows=np.zeros((1, 3))))
     assert not plane.ready()
+
+
+def test_with_peers_ready_only_when_every_worker_is(tmp_path: Path, iris_classifier: Any) -> None:
+    peers = WorkerGroup(tmp_path, size=2)
+    plane = DataPlane(make_settings(tmp_path), peers=peers)
+    plane.serve_model(SklearnModel(iris_classifier))
+    assert not plane.ready()
+    (tmp_path / "ready-other-worker").touch()
+    assert plane.ready()
