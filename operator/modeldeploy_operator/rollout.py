@@ -208,7 +208,8 @@ def _step_duration(spec: ModelDeploymentSpec) -> timedelta:
 
 
 def progress_deadline(spec: ModelDeploymentSpec, canary: CanaryStatus) -> datetime:
-    """When the current step has run too long without a verdict; every step gets one full window."""
+    """When the current step has run too long and the rollout is rolled back; every step gets at least
+    one full analysis window, and `decide` stops the clock while the rollout is paused."""
     allowed = max(parse_duration(spec.rollout.progress_deadline), _step_duration(spec))
     return canary.step_started_at + allowed
 
