@@ -24,7 +24,14 @@ from modeldeploy_localcluster.build import ensure_binaries
 from modeldeploy_localcluster.cluster import LocalCluster
 from modeldeploy_operator.settings import ENV_PREFIX, OperatorSettings
 from modeldeploy_serving import metric_names
-from operator_harness import CLUSTER_RULES, LEADER_ELECTION_RULES, NAMESPACED_RULES, REPO, rules
+from operator_harness import (
+    CLUSTER_RULES,
+    LEADER_ELECTION_RULES,
+    NAMESPACED_RULES,
+    REPO,
+    OperatorProcess,
+    rules,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -609,6 +616,68 @@ def test_install_makes_the_operator_available_and_uninstall_cleans_up(
     assert cluster_wide.strip() == ""
     # Helm never deletes CRDs: the ModelDeployments outlive the release.
     cluster.kubectl("get", "crd", "modeldeployments.modeldeploy.io")
+
+
+def test_the_operator_runs_as_the_installed_service_account_with_the_charts_environment(
+    cluster: LocalCluster, helm: Helm, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    """kwok runs no containers, so the operator runs as a process with the installed pod's identity.
+
+    Namespaced mode, the least privilege the chart grants: the process authenticates as the
+    chart's ServiceAccount, with the environment of the chart's Deployment, and must win the
+    Lease and bring a ModelDeployment in the watched namespace to Ready.
+    """
+    (watched,) = create_namespaces(cluster, 1)
+    release = f"md-{uuid.uuid4().hex[:6]}"
+    fullname = f"{release}-modeldeploy"
+    helm(
+        "install",
+        release,
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--set-json",
+        f"watchNamespaces={json.dumps([watched])}",
+        "--set",
+        "leaderElection.leaseSeconds=3",
+        "--set",
+        f"image.repository={TEST_IMAGE_REPOSITORY},image.tag={TEST_IMAGE_TAG}",
+        "--wait",
+        "--timeout=120s",
+        kubeconfig=cluster.kubeconfig,
+    )
+    deployment = json.loads(cluster.kubectl("get", "-n", namespace, "deployment", fullname, "-o", "json"))
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    token = cluster.kubectl("create", "token", fullname, "-n", namespace, "--duration=1h").strip()
+    kubeconfig = yaml.safe_load(cluster.kubeconfig.read_text())
+    kubeconfig["users"] = [{"name": "admin", "user": {"token": token}}]
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
+    chart_operator = OperatorProcess(tmp_path / "kubeconfig", tmp_path / "operator.log", env)
+    operator.stop()  # the session's cluster-wide operator would reconcile the watched namespace too
+    try:
+        chart_operator.start()
+        cluster.kubectl("apply", "-n", watched, "-f", str(REPO / "examples" / "iris.yaml"))
+        waited = cluster.kubectl(
+            "wait",
+            "--for=condition=Ready",
+            "modeldeployment/iris",
+            "-n",
+            watched,
+            "--timeout=60s",
+            check=False,
+        )
+        assert "condition met" in waited, f"{waited}\n{chart_operator.log_text()[-5000:]}"
+        lease = json.loads(cluster.kubectl("get", "lease", fullname, "-n", namespace, "-o", "json"))
+        assert lease["spec"]["holderIdentity"], lease
+        log = chart_operator.log_text()
+        assert "forbidden" not in log.lower(), log[-5000:]
+        assert "Traceback" not in log, log[-5000:]
+    finally:
+        chart_operator.stop()
+        operator.start()
+        helm("uninstall", release, "--namespace", namespace, "--wait", kubeconfig=cluster.kubeconfig)
+        cluster.kubectl("delete", "namespace", watched, "--wait=false")
 
 
 # -- values documentation ------------------------------------------------------------------------
