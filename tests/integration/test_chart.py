@@ -41,7 +41,7 @@ NAMESPACED = CHART / "ci" / "namespaced-values.yaml"
 PROMETHEUS_OPERATOR_MODULE = "github.com/prometheus-operator/prometheus-operator"
 PROMETHEUS_OPERATOR_VERSION = "v0.85.0"
 # Only the kinds the chart renders; the others are large and unused.
-PROMETHEUS_OPERATOR_CRDS = ("podmonitors", "prometheusrules", "servicemonitors")
+PROMETHEUS_OPERATOR_CRDS = ("podmonitors", "prometheusrules")
 TEST_IMAGE_REPOSITORY = "registry.invalid/modeldeploy-operator"
 TEST_IMAGE_TAG = "test"
 
@@ -90,7 +90,7 @@ def kube_version(cluster: LocalCluster) -> str:
 def prometheus_operator_crds(
     cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[None]:
-    """The Prometheus operator's CRDs for PodMonitor, ServiceMonitor and PrometheusRule."""
+    """The Prometheus operator's CRDs for PodMonitor and PrometheusRule."""
     if shutil.which("go") is None:
         pytest.fail("go is needed to download the Prometheus operator's CRDs (a prerequisite, see README)")
     workdir = tmp_path_factory.mktemp("prometheus-operator")
@@ -466,7 +466,25 @@ def test_alerts_fire_when_they_should(helm: Helm, kube_version: str, tmp_path: P
     rule = find(manifests, "PrometheusRule", "md-modeldeploy", "ops")
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule["spec"]))
     (tmp_path / "test.yaml").write_text(PROMTOOL_TEST)
-    for command in (["check", "rules", "rules.yaml"], ["test", "rules", "test.yaml"]):
+    # The dashboard's queries, with Grafana's variables filled in, must parse as PromQL too.
+    dashboard = json.loads(
+        find(manifests, "ConfigMap", "md-modeldeploy-dashboard", "ops")["data"]["modeldeploy-models.json"]
+    )
+    grafana_variables = {"$__rate_interval": "5m", "$namespace": ".*", "$model": ".*"}
+    panel_queries = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    for variable, value in grafana_variables.items():
+        panel_queries = [query.replace(variable, value) for query in panel_queries]
+    records = [
+        {"record": f"dashboard:panel:{index}", "expr": query} for index, query in enumerate(panel_queries)
+    ]
+    (tmp_path / "dashboard.yaml").write_text(
+        yaml.safe_dump({"groups": [{"name": "dashboard", "rules": records}]})
+    )
+    for command in (
+        ["check", "rules", "rules.yaml"],
+        ["check", "rules", "dashboard.yaml"],
+        ["test", "rules", "test.yaml"],
+    ):
         result = subprocess.run(
             [promtool, *command], cwd=tmp_path, capture_output=True, text=True, check=False, timeout=60
         )
