@@ -81,6 +81,7 @@ def create_app(
         description="Open Inference Protocol (V2) and KServe V1 endpoints for one model.",
         lifespan=lifespan,
     )
+    app.add_middleware(JsonBodyMiddleware)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, max_body_bytes=settings.max_request_bytes)
     _add_error_handlers(app)
     _add_routes(app, plane, exposition_registry if exposition_registry is not None else registry)
@@ -239,6 +240,23 @@ class RequestMetricsMiddleware:
             return message
 
         return limited_receive
+
+
+class JsonBodyMiddleware:
+    """Reads every protocol request body as JSON, whatever its content type says.
+
+    The protocols' bodies are always JSON, but some clients (Triton's) send no or another content
+    type, for which FastAPI would hand the endpoint raw bytes.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and classify_path(scope["path"]):
+            headers = [(name, value) for name, value in scope["headers"] if name != b"content-type"]
+            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        await self._app(scope, receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:

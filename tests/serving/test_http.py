@@ -90,6 +90,17 @@ def test_v2_infer_and_v1_predict(client: TestClient) -> None:
     assert client.post("/v1/models/iris:predict", json={"instances": [SETOSA]}).json() == {"predictions": [0]}
 
 
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/octet-stream"])
+def test_protocol_bodies_are_json_whatever_the_content_type(
+    client: TestClient, content_type: str | None
+) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    body = b'{"instances": [[5.1, 3.5, 1.4, 0.2]]}'
+    assert client.post("/v1/models/iris:predict", content=body, headers=headers).json() == {
+        "predictions": [0]
+    }
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "message"),
     [
