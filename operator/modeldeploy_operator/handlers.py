@@ -7,15 +7,18 @@ safety net. Run with ``modeldeploy-operator`` (or ``kopf run -m modeldeploy_oper
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, cast
 
+import httpx
 import kopf
 from lightkube import AsyncClient, KubeConfig
 
 from modeldeploy_operator.builders import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER_NAME
 from modeldeploy_operator.crdgen import GROUP, PLURAL, VERSION
 from modeldeploy_operator.kube import KubernetesError, KubeStorage
+from modeldeploy_operator.prometheus import PrometheusClient
 from modeldeploy_operator.reconcile import Outcome, Reconciler
 from modeldeploy_operator.settings import OperatorSettings
 
@@ -39,12 +42,32 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.server_timeout = 300
     client = AsyncClient(config=KubeConfig.from_env(), field_manager=operator_settings.field_manager)
     memo["client"] = client
-    memo["reconciler"] = Reconciler(KubeStorage(client, operator_settings.field_manager), operator_settings)
+    memo["http"] = httpx.AsyncClient()
+    reconciler = Reconciler(
+        KubeStorage(client, operator_settings.field_manager),
+        operator_settings,
+        PrometheusClient(memo["http"]),
+        on_outcome=lambda body, outcome: _report(kopf.Body(cast(kopf.RawBody, body)), outcome),
+    )
+    memo["reconciler"] = reconciler
+    memo["resync"] = asyncio.create_task(_resync_forever(reconciler, operator_settings.namespaces))
+
+
+async def _resync_forever(reconciler: Reconciler, namespaces: list[str]) -> None:
+    while True:
+        await asyncio.sleep(RESYNC_SECONDS)
+        try:
+            await reconciler.resync(namespaces)
+        except KubernetesError as error:
+            _logger.warning("Periodic resync failed, trying again later: %s", error)
 
 
 @kopf.on.cleanup()
 async def close_client(memo: kopf.Memo, **_: Any) -> None:
+    memo["resync"].cancel()
+    memo["reconciler"].close()
     await memo["client"].close()
+    await memo["http"].aclose()
 
 
 def _report(body: kopf.Body, outcome: Outcome) -> None:
@@ -55,7 +78,6 @@ def _report(body: kopf.Body, outcome: Outcome) -> None:
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 async def reconcile_model_deployment(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     reconciler: Reconciler = memo["reconciler"]
     try:
@@ -90,6 +112,8 @@ async def _reconcile_owner(meta: kopf.Meta, namespace: str | None, memo: kopf.Me
 @kopf.on.event("", "v1", "pods", labels=MANAGED_CHILDREN)
 @kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=MANAGED_CHILDREN)
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED_CHILDREN)
+@kopf.on.event("gateway.networking.k8s.io", "v1", "httproutes", labels=MANAGED_CHILDREN)
+@kopf.on.event("networking.istio.io", "v1", "virtualservices", labels=MANAGED_CHILDREN)
 async def child_changed(meta: kopf.Meta, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     await _reconcile_owner(meta, namespace, memo)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
+import httpx2  # lightkube's HTTP client: its errors are httpx2's, not httpx's
 from lightkube import ApiError, AsyncClient, codecs
 from lightkube.core.resource_registry import resource_registry
 from lightkube.generic_resource import create_namespaced_resource
@@ -21,6 +21,11 @@ from lightkube.types import PatchType
 from modeldeploy_operator.crdgen import GROUP, KIND, PLURAL, VERSION
 
 ModelDeploymentResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
+# The traffic providers' route objects, known to the client whether or not their CRDs are installed.
+HTTPRouteResource = create_namespaced_resource("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
+VirtualServiceResource = create_namespaced_resource(
+    "networking.istio.io", "v1", "VirtualService", "virtualservices"
+)
 Manifest = dict[str, Any]
 
 
@@ -52,7 +57,11 @@ def _api_call(action: str) -> Iterator[None]:
         yield
     except ApiError as error:
         raise KubernetesError(f"{action}: {error.status.message}", status=error.status.code or 0) from error
-    except httpx.HTTPError as error:
+    except httpx2.HTTPStatusError as error:
+        # An answer without a Kubernetes Status body, such as 404 for an API group not installed.
+        status = error.response.status_code
+        raise KubernetesError(f"{action}: HTTP {status}", status=status) from error
+    except httpx2.HTTPError as error:
         raise KubernetesError(f"{action}: Kubernetes API unreachable ({error})") from error
 
 
@@ -105,7 +114,7 @@ class KubeStorage:
             raise
         return True
 
-    async def list(
+    async def list_objects(
         self, api_version: str, kind: str, namespace: str, labels: Mapping[str, str]
     ) -> list[Manifest]:
         with _api_call(f"list {kind} in namespace {namespace}"):
@@ -127,6 +136,12 @@ class KubeStorage:
 
     async def get_model_deployment(self, name: str, namespace: str) -> Manifest | None:
         return await self.get(f"{GROUP}/{VERSION}", KIND, name, namespace)
+
+    async def list_model_deployments(self, namespace: str | None) -> list[Manifest]:
+        """In one namespace, or in all when namespace is None."""
+        with _api_call(f"list {KIND} in {namespace or 'all namespaces'}"):
+            items = self._client.list(ModelDeploymentResource, namespace=namespace or "*")
+            return [dict(item) async for item in items]
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from modeldeploy_operator.analysis import QueryFailure, QueryResult, evaluate, plan_analysis
 from modeldeploy_operator.builders import (
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
@@ -26,12 +28,14 @@ from modeldeploy_operator.builders import (
     MANAGER_NAME,
     SERVER_APP_NAME,
     Owner,
-    build_children,
     deployment_name,
 )
-from modeldeploy_operator.kube import KubeStorage, Manifest
+from modeldeploy_operator.desired import desired_children
+from modeldeploy_operator.kube import KubernetesError, KubeStorage, Manifest
+from modeldeploy_operator.prometheus import PrometheusClient, PrometheusError
+from modeldeploy_operator.rollout import EmitEvent, StepAnalysis, analysis_window, decide, placement
 from modeldeploy_operator.settings import OperatorSettings
-from modeldeploy_operator.spec import ModelDeploymentSpec
+from modeldeploy_operator.spec import ModelDeploymentSpec, ModelDeploymentStatus
 from modeldeploy_operator.status import (
     compute_status,
     invalid_spec_status,
@@ -41,9 +45,21 @@ from modeldeploy_operator.status import (
 
 # How long a child's event waits for the rest of its burst before the owner is reconciled.
 COALESCE_SECONDS = 0.5
+# While a canary runs, how often its steps and analysis windows are looked at.
+ROLLOUT_TICK_SECONDS = 5.0
+# After a failed reconcile that no event will repeat.
+RETRY_SECONDS = 15.0
+_logger = logging.getLogger("modeldeploy.reconcile")
 
-# Children that exist only while the spec asks for them.
-OPTIONAL_CHILD_KINDS = {"HorizontalPodAutoscaler": "autoscaling/v2", "PodDisruptionBudget": "policy/v1"}
+# Children that exist only while the spec or a rollout asks for them (the stable Deployment
+# is always wanted, so listing Deployments only ever finds a canary to delete).
+OPTIONAL_CHILD_KINDS = {
+    "Deployment": "apps/v1",
+    "HorizontalPodAutoscaler": "autoscaling/v2",
+    "PodDisruptionBudget": "policy/v1",
+    "HTTPRoute": "gateway.networking.k8s.io/v1",
+    "VirtualService": "networking.istio.io/v1",
+}
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,14 @@ class Outcome:
 
     status_written: bool = False
     events: list[Event] = field(default_factory=list)
+
+
+def _parse_status(raw: Mapping[str, Any] | None) -> ModelDeploymentStatus:
+    """The status as the rollout machine reads it; one it cannot read starts afresh."""
+    try:
+        return ModelDeploymentStatus.model_validate(raw or {})
+    except ValidationError:
+        return ModelDeploymentStatus()
 
 
 def validation_message(error: ValidationError) -> str:
@@ -108,9 +132,14 @@ class Reconciler:
         self,
         storage: KubeStorage,
         settings: OperatorSettings,
+        prometheus: PrometheusClient,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_outcome: Callable[[Manifest, Outcome], None] = lambda body, outcome: None,
     ) -> None:
         self._storage = storage
+        self._prometheus = prometheus
+        self._on_outcome = on_outcome
+        self._requeued: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._settings = settings
         self._clock = clock
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -159,6 +188,44 @@ class Reconciler:
         finally:
             self._queued.discard(key)
 
+    def requeue(self, name: str, namespace: str, delay: float) -> None:
+        """Reconciles again after `delay` seconds (once, however often it is asked meanwhile).
+
+        A rollout's steps and analysis windows end on the clock rather than on an event; this
+        replaces kopf timers, which would put a finalizer on every ModelDeployment.
+        """
+        key = (namespace, name)
+        if key in self._requeued:
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            self._requeued.pop(key, None)
+            try:
+                reconciled = await self.reconcile_by_name(name, namespace)
+            except KubernetesError as error:
+                _logger.warning(
+                    "Reconcile of ModelDeployment %s/%s failed, retrying: %s", namespace, name, error
+                )
+                self.requeue(name, namespace, RETRY_SECONDS)
+                return
+            if reconciled is not None:
+                self._on_outcome(*reconciled)
+
+        self._requeued[key] = asyncio.create_task(later())
+
+    async def resync(self, namespaces: list[str]) -> None:
+        """Reconciles every ModelDeployment once: the safety net under the event-driven reconciles."""
+        scopes: list[str | None] = list(namespaces) or [None]
+        for namespace in scopes:
+            for body in await self._storage.list_model_deployments(namespace):
+                self.requeue(body["metadata"]["name"], body["metadata"]["namespace"], 0)
+
+    def close(self) -> None:
+        for task in self._requeued.values():
+            task.cancel()
+        self._requeued.clear()
+
     async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
         metadata = body["metadata"]
         async with self._locks[(metadata["namespace"], metadata["name"])]:
@@ -180,16 +247,22 @@ class Reconciler:
             )
             return await self._write_status(owner, previous, status)
 
+        now = self._clock()
+        current = _parse_status(previous)
+        analysis = await self._analyse(owner, spec, current, now)
+        annotations = body["metadata"].get("annotations") or {}
+        decision = decide(spec, current, now, analysis=analysis, annotations=annotations)
+        place = placement(spec, decision.status)
+
         # The children do not depend on each other: apply them at once.
-        applied = list(
-            await asyncio.gather(*(self._apply(c) for c in build_children(owner, spec, self._settings)))
-        )
+        wanted = desired_children(owner, spec, self._settings, place)
+        applied = list(await asyncio.gather(*(self._apply(child) for child in wanted)))
         await self._delete_unwanted_children(owner, applied)
         stable_name = deployment_name(owner.name, "stable")
         stable = next(
             c for c in applied if c["kind"] == "Deployment" and c["metadata"]["name"] == stable_name
         )
-        pods = await self._storage.list(
+        pods = await self._storage.list_objects(
             "v1",
             "Pod",
             owner.namespace,
@@ -202,16 +275,56 @@ class Reconciler:
             spec=spec,
             deployment=stable,
             pod_problems=summarize_pod_problems(pods),
-            now=self._clock(),
-            previous=previous,
+            now=now,
+            previous=decision.status.model_dump(mode="json", by_alias=True, exclude_none=True),
+            served_model=place.stable_model if place is not None else None,
         )
-        return await self._write_status(owner, previous, status)
+        if decision.status.canary is not None:
+            self.requeue(owner.name, owner.namespace, ROLLOUT_TICK_SECONDS)
+        outcome = await self._write_status(owner, previous, status)
+        rollout_events = [
+            Event(action.type, action.reason, action.message)
+            for action in decision.actions
+            if isinstance(action, EmitEvent)
+        ]
+        outcome.events[:0] = rollout_events
+        return outcome
+
+    async def _analyse(
+        self, owner: Owner, spec: ModelDeploymentSpec, status: ModelDeploymentStatus, now: datetime
+    ) -> StepAnalysis | None:
+        """The checks of the analysis window that is due, or None when none is."""
+        window = analysis_window(spec, status, now)
+        if window is None:
+            return None
+        plan = plan_analysis(owner.name, owner.namespace, spec.rollout.analysis, window.end - window.start)
+        address = spec.rollout.analysis.prometheus_address or self._settings.prometheus_address
+
+        async def answer(query: str) -> QueryResult:
+            try:
+                return await self._prometheus.query(address, query, at=window.end)
+            except PrometheusError as error:
+                return QueryFailure(error.kind, str(error))
+
+        keys = list(plan.queries)
+        answers = await asyncio.gather(*(answer(plan.queries[key]) for key in keys))
+        return StepAnalysis(
+            window=window, checks=tuple(evaluate(plan, dict(zip(keys, answers, strict=True))))
+        )
 
     async def _delete_unwanted_children(self, owner: Owner, applied: list[Manifest]) -> None:
         wanted = {(child["kind"], child["metadata"]["name"]) for child in applied}
         owned = {LABEL_INSTANCE: owner.name, LABEL_MANAGED_BY: MANAGER_NAME}
         for kind, api_version in OPTIONAL_CHILD_KINDS.items():
-            for existing in await self._storage.list(api_version, kind, owner.namespace, owned):
+            try:
+                existing_children = await self._storage.list_objects(
+                    api_version, kind, owner.namespace, owned
+                )
+            except KubernetesError as error:
+                if error.is_not_found:  # the kind's CRD is not installed (no Gateway API, no Istio)
+                    continue
+                raise
+            for existing in existing_children:
                 name = existing["metadata"]["name"]
                 if (kind, name) not in wanted:
                     await self._storage.delete(api_version, kind, name, owner.namespace)

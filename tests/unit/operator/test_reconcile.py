@@ -13,9 +13,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
 from modeldeploy_operator.kube import KubeStorage
+from modeldeploy_operator.prometheus import PrometheusClient
 from modeldeploy_operator.reconcile import Reconciler
 from modeldeploy_operator.settings import OperatorSettings
 
@@ -61,7 +63,7 @@ class MemoryStorage:
         self.writes.append(f"delete {kind}/{name}")
         return self.objects.pop((kind, namespace, name), None) is not None
 
-    async def list(
+    async def list_objects(
         self, api_version: str, kind: str, namespace: str, labels: Mapping[str, str]
     ) -> list[dict[str, Any]]:
         return [
@@ -94,7 +96,11 @@ def model_deployment(storage: MemoryStorage, spec: dict[str, Any]) -> dict[str, 
 def reconciler(storage: MemoryStorage) -> Reconciler:
     # The service only calls the storage's public methods; the in-memory store has them all.
     typed: KubeStorage = storage  # type: ignore[assignment]
-    return Reconciler(typed, OperatorSettings(server_image="registry.invalid/server:1"), clock=lambda: NOW)
+    # No rollout runs in these tests, so no analysis ever asks Prometheus anything.
+    prometheus = PrometheusClient(httpx.AsyncClient())
+    return Reconciler(
+        typed, OperatorSettings(server_image="registry.invalid/server:1"), prometheus, clock=lambda: NOW
+    )
 
 
 SPEC = {"model": {"uri": "s3://models/iris/1.skops", "version": "1"}, "replicas": 2}
