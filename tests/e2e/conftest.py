@@ -32,12 +32,18 @@ def _saved(model: Any, directory: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def iris_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """v1: a good classifier; v2-constant: one that answers `setosa` whatever it is asked."""
+    """v1: a good classifier; v1-retrained: the same, fitted again with another solver (the same
+    answers); v2-constant: one that answers `setosa` whatever it is asked."""
     features, labels = load_iris(return_X_y=True)
     root = tmp_path_factory.mktemp("models")
     good = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(features, labels)
+    retrained = make_pipeline(StandardScaler(), LogisticRegression(solver="newton-cg")).fit(features, labels)
     constant = DummyClassifier(strategy="constant", constant=0).fit(features, labels)
-    return {"v1": _saved(good, root / "v1"), "v2-constant": _saved(constant, root / "v2-constant")}
+    return {
+        "v1": _saved(good, root / "v1"),
+        "v1-retrained": _saved(retrained, root / "v1-retrained"),
+        "v2-constant": _saved(constant, root / "v2-constant"),
+    }
 
 
 @pytest.fixture
