@@ -1,7 +1,6 @@
 """The HTTP endpoints in-process: status codes, bodies and metrics as the protocols define them."""
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from serving_helpers import make_settings, v2_tensor
+from serving_helpers import make_settings, v2_tensor, wait_until_ready
 
 from modeldeploy_serving.app import ServerState, create_app
 from modeldeploy_serving.dataplane import DataPlane
@@ -18,13 +17,6 @@ from modeldeploy_serving.model import SklearnModel
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 LABELS = {"model": "iris", "namespace": "ml", "model_version": "v1", "variant": "stable"}
-
-
-def wait_until_ready(client: TestClient) -> None:
-    deadline = time.monotonic() + 30
-    while client.get("/v2/health/ready").status_code != 200:
-        assert time.monotonic() < deadline, "the model did not become ready"
-        time.sleep(0.05)
 
 
 @pytest.fixture

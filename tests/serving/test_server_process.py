@@ -3,7 +3,6 @@
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,52 +14,10 @@ import numpy as np
 import pytest
 import skops.io
 from prometheus_client.parser import text_string_to_metric_families
-from serving_helpers import free_port, v2_tensor
+from serving_helpers import SERVER, RunningServer, v2_tensor
 from sklearn.ensemble import RandomForestClassifier
 
-SERVER = str(Path(sys.executable).parent / "modeldeploy-server")
 SETOSA = [5.1, 3.5, 1.4, 0.2]
-
-
-class RunningServer:
-    def __init__(self, model_dir: Path, **settings: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        environment = {
-            **os.environ,
-            "MODELDEPLOY_SERVER_MODEL_NAME": "iris",
-            "MODELDEPLOY_SERVER_MODEL_VERSION": "v1",
-            "MODELDEPLOY_SERVER_NAMESPACE": "ml",
-            "MODELDEPLOY_SERVER_MODEL_DIR": str(model_dir),
-            "MODELDEPLOY_SERVER_HOST": "127.0.0.1",
-            "MODELDEPLOY_SERVER_HTTP_PORT": str(self.port),
-        }
-        environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        environment.update({f"MODELDEPLOY_SERVER_{name.upper()}": value for name, value in settings.items()})
-        self.process = subprocess.Popen(
-            [SERVER, "serve"], env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-
-    def wait_ready(self, seconds: float = 60) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.process.stdout.read() if self.process.stdout else ""
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("the server did not become ready")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 @pytest.fixture

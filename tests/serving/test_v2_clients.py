@@ -10,9 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from open_inference.openapi import client as oip
 from open_inference.openapi.types import InferenceRequest, RequestInput, RequestOutput
-from serving_helpers import make_settings
-from test_http import wait_until_ready
-from test_server_process import RunningServer
+from serving_helpers import RunningServer, make_settings, wait_until_ready
 
 from modeldeploy_serving.app import create_app
 
