@@ -165,12 +165,21 @@ def rows_from_columns(columns: Sequence[tuple[str, npt.NDArray[Any]]]) -> npt.ND
     return np.column_stack(flattened)
 
 
-def rows_from_instances(instances: Any) -> npt.NDArray[Any]:
-    """The V1 `instances` (or `inputs`) list as an [N, F] matrix: one list of features per row."""
+def rows_from_instances(instances: Any, feature_names: Sequence[str] | None) -> npt.NDArray[Any]:
+    """The V1 `instances` as an [N, F] matrix.
+
+    Rows are lists of feature values, or objects keyed by feature name (for models that know
+    their feature names).
+    """
     if not isinstance(instances, list) or not instances:
         raise InvalidInput("'instances' must be a non-empty JSON array of rows")
+    if all(isinstance(row, dict) for row in instances):
+        names = _require_names(feature_names, "instances given as objects")
+        for row in instances:
+            _check_names(set(row), names)
+        instances = [[row[name] for name in names] for row in instances]
     if not all(isinstance(row, list) for row in instances):
-        raise InvalidInput("each instance must be a JSON array of feature values")
+        raise InvalidInput("each instance must be a JSON array of feature values (or an object of them)")
     widths = {len(row) for row in instances}
     if len(widths) > 1:
         raise InvalidInput(f"instances have different numbers of features: {sorted(widths)}")
@@ -180,9 +189,42 @@ def rows_from_instances(instances: Any) -> npt.NDArray[Any]:
         raise InvalidInput(f"instances are not a matrix of scalar values ({error})") from None
     if array.ndim != 2:
         raise InvalidInput("each instance must be a flat array of scalar feature values")
-    if array.dtype.kind not in "biufU" and not all(_is_scalar(item) for item in array.reshape(-1)):
+    flat = [item for row in instances for item in row]
+    if array.dtype.kind not in "biufU" and not all(_is_scalar(item) for item in flat):
         raise InvalidInput("instances may only hold numbers, booleans and strings")
+    if array.dtype.kind == "U" and not all(isinstance(item, str) for item in flat):
+        # numpy would turn the numbers of mixed rows into strings; keep each value as it came.
+        array = np.asarray(instances, dtype=object)
     return array
+
+
+def rows_from_named_columns(columns: dict[str, Any], feature_names: Sequence[str] | None) -> npt.NDArray[Any]:
+    """V1 `inputs` in the columnar form, `{"feature": [values, ...], ...}`, as an [N, F] matrix."""
+    names = _require_names(feature_names, "inputs given as named columns")
+    _check_names(set(columns), names)
+    if not all(isinstance(columns[name], list) for name in names):
+        raise InvalidInput("each named input must be a JSON array with one value per row")
+    lengths = {len(columns[name]) for name in names}
+    if len(lengths) > 1:
+        raise InvalidInput(f"named inputs have different numbers of rows: {sorted(lengths)}")
+    return rows_from_instances(
+        [list(row) for row in zip(*(columns[name] for name in names), strict=True)], None
+    )
+
+
+def _require_names(feature_names: Sequence[str] | None, what: str) -> Sequence[str]:
+    if feature_names is None:
+        raise InvalidInput(f"{what} need a model that knows its feature names; send lists of values")
+    return feature_names
+
+
+def _check_names(given: set[str], expected: Sequence[str]) -> None:
+    missing = [name for name in expected if name not in given]
+    unknown = sorted(given - set(expected))
+    if missing or unknown:
+        raise InvalidInput(
+            f"feature names do not match the model's: missing {missing or 'none'}, unknown {unknown or 'none'}"
+        )
 
 
 def _is_scalar(value: Any) -> bool:

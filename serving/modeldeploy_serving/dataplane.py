@@ -189,8 +189,11 @@ class DataPlane:
         model = self._ready_model(name, None)
         if (request.instances is None) == (request.inputs is None):
             raise InvalidInput("the body must hold exactly one of 'instances' and 'inputs'")
-        instances = request.instances if request.instances is not None else request.inputs
-        rows = codec.rows_from_instances(instances)
+        names = model.description.feature_names
+        if isinstance(request.inputs, dict):
+            rows = codec.rows_from_named_columns(request.inputs, names)
+        else:
+            rows = codec.rows_from_instances(request.instances or request.inputs, names)
         self._check_width(model, rows)
         results = await self._predict(model, rows, (OUTPUT_PREDICT,))
         return {"predictions": codec.json_values(results[OUTPUT_PREDICT])}

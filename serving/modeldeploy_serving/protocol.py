@@ -45,9 +45,10 @@ class InferenceRequest(BaseModel):
 
 
 class V1PredictRequest(BaseModel):
-    """The body of POST /v1/models/{model}:predict: rows as `instances` (or `inputs`)."""
+    """The body of POST /v1/models/{model}:predict: rows as `instances`, or `inputs` (rows, or
+    columns keyed by feature name)."""
 
     model_config = ConfigDict(extra="allow")
 
     instances: list[Any] | None = None
-    inputs: list[Any] | None = None
+    inputs: list[Any] | dict[str, Any] | None = None

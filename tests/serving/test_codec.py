@@ -159,7 +159,7 @@ def test_rows_from_columns_refuses_matrices_and_unequal_lengths() -> None:
 
 
 def test_rows_from_instances() -> None:
-    assert codec.rows_from_instances([[1, 2], [3, 4]]).tolist() == [[1, 2], [3, 4]]
+    assert codec.rows_from_instances([[1, 2], [3, 4]], None).tolist() == [[1, 2], [3, 4]]
 
 
 @pytest.mark.parametrize(
@@ -176,7 +176,7 @@ def test_rows_from_instances() -> None:
 )
 def test_bad_instances_are_a_client_error(instances: Any, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
-        codec.rows_from_instances(instances)
+        codec.rows_from_instances(instances, None)
 
 
 def test_non_finite_outputs_are_refused_because_json_cannot_carry_them() -> None:
@@ -184,3 +184,46 @@ def test_non_finite_outputs_are_refused_because_json_cannot_carry_them() -> None
         codec.encode_tensor("predict", np.array([1.0, np.inf]))
     with pytest.raises(InvalidInput, match="not finite"):
         codec.json_values(np.array([np.nan]))
+
+
+def test_instances_as_objects_are_ordered_by_the_models_feature_names() -> None:
+    rows = codec.rows_from_instances([{"b": 2.0, "a": 1.0}, {"a": 3.0, "b": 4.0}], ["a", "b"])
+    assert rows.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
+def test_mixed_rows_keep_numbers_as_numbers() -> None:
+    rows = codec.rows_from_instances([[30.0, "rome"]], None)
+    assert rows.tolist() == [[30.0, "rome"]]
+
+
+@pytest.mark.parametrize(
+    ("instances", "names", "message"),
+    [
+        ([{"a": 1.0}], None, "need a model that knows its feature names"),
+        ([{"a": 1.0}], ["a", "b"], r"missing \['b'\], unknown none"),
+        ([{"a": 1.0, "c": 2.0}], ["a"], r"missing none, unknown \['c'\]"),
+    ],
+)
+def test_instances_as_objects_must_match_the_feature_names(
+    instances: list[Any], names: list[str] | None, message: str
+) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        codec.rows_from_instances(instances, names)
+
+
+def test_named_columns_become_rows() -> None:
+    rows = codec.rows_from_named_columns({"b": [2.0, 4.0], "a": [1.0, 3.0]}, ["a", "b"])
+    assert rows.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        ({"a": [1.0], "b": [1.0, 2.0]}, r"different numbers of rows: \[1, 2\]"),
+        ({"a": 1.0, "b": [1.0]}, "one value per row"),
+        ({"a": [1.0]}, r"missing \['b'\]"),
+    ],
+)
+def test_bad_named_columns_are_a_client_error(columns: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        codec.rows_from_named_columns(columns, ["a", "b"])

@@ -225,6 +225,11 @@ def test_a_pipeline_fitted_on_named_columns_gets_a_frame(
     assert response["outputs"][0]["data"] == [1, 0]
     with pytest.raises(InvalidInput, match="the model rejected the input"):
         infer(plane, {"inputs": [{**columns[0], "data": ["paris", "oslo"]}, columns[1]]})
+    by_row = V1PredictRequest(instances=[{"city": "rome", "age": 30.0}, {"age": 30.0, "city": "oslo"}])
+    assert run(plane.predict_v1("iris", by_row)) == {"predictions": [1, 0]}
+    by_column = V1PredictRequest(inputs={"city": ["rome", "oslo"], "age": [30.0, 30.0]})
+    assert run(plane.predict_v1("iris", by_column)) == {"predictions": [1, 0]}
+    assert run(plane.predict_v1("iris", V1PredictRequest(instances=[[30.0, "rome"]]))) == {"predictions": [1]}
 
 
 def test_a_warm_up_with_the_artifacts_own_example_must_pass(tmp_path: Path, iris_classifier: Any) -> None:
