@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,12 +21,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--uri", required=True, help="path, file://, http(s)://, s3://, models:/ or runs:/"
     )
     fetch_parser.add_argument("--dest", required=True, type=Path, help="the directory to fetch into")
-    fetch_parser.add_argument("--sha256", help="refuse the artifact unless its digest is this hex SHA-256")
+    fetch_parser.add_argument(
+        "--sha256", type=_sha256, help="refuse the artifact unless its digest is this hex SHA-256"
+    )
     commands.add_parser("serve", help="serve the model (configured by MODELDEPLOY_SERVER_* variables)")
     arguments = parser.parse_args(argv)
     if arguments.command == "fetch":
         return _fetch(arguments.uri, arguments.dest, arguments.sha256)
     return _serve()
+
+
+def _sha256(value: str) -> str:
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise argparse.ArgumentTypeError("expected 64 hexadecimal digits")
+    return value.lower()
 
 
 def _fetch(uri: str, dest: Path, sha256: str | None) -> int:

@@ -120,6 +120,9 @@ def test_the_cli_prints_one_line_and_fails_on_error(model_file: Path, tmp_path: 
     assert done.stderr.startswith("modeldeploy-server fetch: error:")
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     assert sha256_of(model_file) in done.stdout
+    done = subprocess.run([*command, "--sha256", "abc"], capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    assert "expected 64 hexadecimal digits" in done.stderr
 
 
 # --- http ------------------------------------------------------------------------------------
