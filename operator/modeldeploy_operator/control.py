@@ -16,6 +16,20 @@ from lightkube.core.exceptions import ConfigError
 
 from modeldeploy_operator.kube import KubernetesError, ModelDeploymentStore
 from modeldeploy_operator.presentation import detail, history_table, summary_table
+from modeldeploy_operator.rollout import (
+    ANNOTATION_ABORT,
+    ANNOTATION_PAUSED,
+    ANNOTATION_PROMOTE,
+    ANNOTATION_RETRY,
+)
+
+STEERING = {
+    "promote": "move the canary to its next step (or, with --full, make it the stable model now)",
+    "abort": "roll the canary back now",
+    "retry": "roll out again the model a rollback rejected",
+    "pause": "hold the rollout at its step",
+    "resume": "go on with a paused rollout",
+}
 
 
 def _clear_screen() -> str:
@@ -49,6 +63,34 @@ async def _history(store: ModelDeploymentStore, args: argparse.Namespace, namesp
     return 0
 
 
+def request_annotations(command: str, full: bool, now: datetime) -> dict[str, str | None]:
+    """The annotation change that asks the operator for `command`.
+
+    One-shot requests carry the time, so asking again is a new request; pause is a state.
+    """
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if command == "promote":
+        return {ANNOTATION_PROMOTE: f"{'full' if full else 'step'}:{stamp}"}
+    if command == "abort":
+        return {ANNOTATION_ABORT: stamp}
+    if command == "retry":
+        return {ANNOTATION_RETRY: stamp}
+    if command == "pause":
+        return {ANNOTATION_PAUSED: "true"}
+    return {ANNOTATION_PAUSED: None}
+
+
+async def _steer(store: ModelDeploymentStore, args: argparse.Namespace, namespace: str) -> int:
+    if await store.get(args.name, namespace) is None:
+        print(f"modeldeploy: ModelDeployment {args.name} not found", file=sys.stderr)
+        return 1
+    await store.annotate(
+        args.name, namespace, request_annotations(args.command, args.full, datetime.now(UTC))
+    )
+    print(f"modeldeploy: asked {namespace}/{args.name} to {args.command}{' fully' if args.full else ''}")
+    return 0
+
+
 async def _run(args: argparse.Namespace) -> int:
     client = AsyncClient(config=KubeConfig.from_env())
     store = ModelDeploymentStore(client)
@@ -58,7 +100,9 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         if args.command == "status":
             return await _status(store, args, namespace)
-        return await _history(store, args, namespace or store.default_namespace)
+        if args.command == "history":
+            return await _history(store, args, namespace or store.default_namespace)
+        return await _steer(store, args, namespace or store.default_namespace)
     finally:
         await client.close()
 
@@ -73,7 +117,15 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
     history = commands.add_parser("history", help="finished rollouts of a ModelDeployment")
     history.add_argument("name")
-    for sub in (status, history):
+    subs = [status, history]
+    for name, text in STEERING.items():
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("name")
+        sub.add_argument(
+            "--full", action="store_true", help="promote: straight to 100%% (default: next step)"
+        )
+        subs.append(sub)
+    for sub in subs:
         sub.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
     return top
 

@@ -333,6 +333,19 @@ def status_patch(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> 
     before = _dump(_parse_previous(previous))
     if before == new:
         return None
-    patch: Manifest = {key: value for key, value in new.items() if before.get(key) != value}
-    patch.update({key: None for key in before if key not in new})
+    return merge_patch(before, new)
+
+
+def merge_patch(before: Mapping[str, Any], after: Mapping[str, Any]) -> Manifest:
+    """The RFC 7386 merge patch from `before` to `after`: nested objects are patched key by key, so
+    a key dropped deep inside (a rollout's pausedAt) is sent as null and really removed."""
+    patch: Manifest = {}
+    for key, value in after.items():
+        old = before.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            if old != value:
+                patch[key] = merge_patch(old, value)
+        elif old != value:
+            patch[key] = value
+    patch.update({key: None for key in before if key not in after})
     return patch

@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from kube_helpers import wait_until
 from modeldeploy_localcluster.cluster import LocalCluster
 from operator_harness import REPO, OperatorProcess
 
@@ -59,3 +61,72 @@ def test_an_unknown_name_is_a_clear_error(
     missing = modeldeploy(cluster, "status", "nope", "-n", namespace)
     assert missing.returncode == 1
     assert "ModelDeployment nope not found" in missing.stderr
+
+
+def rollout_manifest(version: str) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "modeldeploy.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "iris"},
+            "spec": {
+                "model": {"uri": f"s3://models/iris/{version}/model.skops", "version": version},
+                "replicas": 2,
+                # Long steps and an unreachable Prometheus: only manual requests move this rollout.
+                "rollout": {
+                    "steps": [25, 50],
+                    "stepDuration": "10m",
+                    "analysis": {"prometheusAddress": "http://127.0.0.1:9"},
+                },
+            },
+        }
+    )
+
+
+def test_rollouts_are_steered_through_annotations(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    def status() -> dict[str, Any]:
+        body = json.loads(cluster.kubectl("get", "md", "iris", "-n", namespace, "-o", "json"))
+        found: dict[str, Any] = body.get("status", {})
+        return found
+
+    def steer(*args: str) -> None:
+        result = modeldeploy(cluster, *args, "iris", "-n", namespace)
+        assert result.returncode == 0, result.stderr
+
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=rollout_manifest("v1"))
+    cluster.kubectl("wait", "--for=condition=Ready", "md/iris", "-n", namespace, "--timeout=90s")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=rollout_manifest("v2"))
+    wait_until(lambda: (status().get("canary") or {}).get("version") == "v2", "the v2 canary")
+    assert status()["canary"]["weight"] == 25
+
+    steer("pause")
+    wait_until(lambda: bool(status()["canary"].get("pausedAt")), "the rollout to pause")
+    assert "PAUSED" in modeldeploy(cluster, "status", "iris", "-n", namespace).stdout
+    steer("resume")
+    wait_until(lambda: not status()["canary"].get("pausedAt"), "the rollout to resume")
+
+    steer("promote")
+    wait_until(lambda: status()["canary"]["weight"] == 50, "the next step")
+    steer("promote", "--full")
+    wait_until(lambda: "canary" not in status(), "the full promotion")
+    assert status()["stable"]["version"] == "v2"
+    assert status()["history"][0]["outcome"] == "promoted"
+
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=rollout_manifest("v3"))
+    wait_until(lambda: (status().get("canary") or {}).get("version") == "v3", "the v3 canary")
+    steer("abort")
+    wait_until(lambda: "canary" not in status(), "the rollback")
+    assert status()["rejected"]["version"] == "v3"
+    assert status()["stable"]["version"] == "v2"
+    assert "aborted" in modeldeploy(cluster, "history", "iris", "-n", namespace).stdout
+    wait_until(
+        lambda: not cluster.kubectl(
+            "get", "deployment", "iris-canary", "-n", namespace, "--ignore-not-found"
+        ),
+        "the canary Deployment to go",
+    )
+
+    steer("retry")
+    wait_until(lambda: (status().get("canary") or {}).get("version") == "v3", "the retried canary")

@@ -20,6 +20,7 @@ from modeldeploy_operator.kube import KubeStorage
 from modeldeploy_operator.prometheus import PrometheusClient
 from modeldeploy_operator.reconcile import Reconciler
 from modeldeploy_operator.settings import OperatorSettings
+from modeldeploy_operator.status import merge_patch
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -196,3 +197,10 @@ def test_the_example_reconciles_to_ready() -> None:
     spec = yaml.safe_load((Path(__file__).parents[3] / "examples" / "iris.yaml").read_text())["spec"]
     run(reconciler(storage).reconcile(model_deployment(storage, spec)))
     assert storage.objects[("ModelDeployment", "ml", "iris")]["status"]["phase"] == "Ready"
+
+
+def test_status_patches_remove_keys_dropped_inside_nested_objects() -> None:
+    before = {"canary": {"weight": 25, "pausedAt": "2026-11-27T12:00:00Z"}, "phase": "Ready", "url": "u"}
+    after = {"canary": {"weight": 25}, "phase": "Ready"}
+    assert merge_patch(before, after) == {"canary": {"pausedAt": None}, "url": None}
+    assert merge_patch(after, after) == {}
