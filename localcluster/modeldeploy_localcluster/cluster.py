@@ -367,6 +367,9 @@ class LocalCluster:
                 f"--cluster-signing-cert-file={c.ca_cert}",
                 f"--cluster-signing-key-file={c.ca_key}",
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                # kwok's heartbeats can lag on a busy two-core machine; a simulated node that
+                # flaps to NotReady would make every pod unready, which no test wants.
+                "--node-monitor-grace-period=1h",
                 "--v=1",
             ],
         )
