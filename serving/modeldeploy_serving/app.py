@@ -242,6 +242,14 @@ class RequestMetricsMiddleware:
         return limited_receive
 
 
+# The header of the binary tensor data extension, which this server does not implement.
+BINARY_HEADER = b"inference-header-content-length"
+BINARY_UNSUPPORTED = (
+    "the binary tensor data extension is not supported; send tensors as JSON "
+    "(for Triton's client: set_data_from_numpy(..., binary_data=False))"
+)
+
+
 class JsonBodyMiddleware:
     """Reads every protocol request body as JSON, whatever its content type says.
 
@@ -255,6 +263,9 @@ class JsonBodyMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and classify_path(scope["path"]):
             headers = [(name, value) for name, value in scope["headers"] if name != b"content-type"]
+            if any(name == BINARY_HEADER for name, _ in headers):
+                await _send_error(send, 400, BINARY_UNSUPPORTED)
+                return
             scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
         await self._app(scope, receive, send)
 

@@ -67,5 +67,9 @@ def test_tritons_http_client(iris_skops_dir: Path) -> None:
         result = client.infer("iris", [features], outputs=outputs)
         assert result.as_numpy("predict").tolist() == [0, 2]
         assert result.as_numpy("predict_proba").shape == (2, 3)
+        binary = triton.InferInput("input-0", [2, 4], "FP64")
+        binary.set_data_from_numpy(np.array(SETOSA_AND_VIRGINICA), binary_data=True)
+        with pytest.raises(triton.InferenceServerException, match="binary tensor data extension"):
+            client.infer("iris", [binary])
     finally:
         server.stop()
