@@ -19,6 +19,11 @@ def desired_children(
     exists while a rollout runs, and the traffic provider's route object carries the weight.
     """
     children = build_children(owner, spec, settings)
+    canary_weight = 0 if place is None else place.canary_weight
+    if spec.traffic.provider == "gateway-api" and spec.traffic.gateway is not None:
+        children.append(build_http_route(owner, spec.traffic.gateway, canary_weight))
+    elif spec.traffic.provider == "istio":
+        children.append(build_virtual_service(owner, spec.traffic.istio or IstioTraffic(), canary_weight))
     if place is None:
         return children
     stable = build_deployment(
@@ -35,11 +40,5 @@ def desired_children(
                 model=place.canary_model,
                 replicas=place.canary_replicas,
             )
-        )
-    if spec.traffic.provider == "gateway-api" and spec.traffic.gateway is not None:
-        children.append(build_http_route(owner, spec.traffic.gateway, place.canary_weight))
-    elif spec.traffic.provider == "istio":
-        children.append(
-            build_virtual_service(owner, spec.traffic.istio or IstioTraffic(), place.canary_weight)
         )
     return children

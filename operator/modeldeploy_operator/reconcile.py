@@ -140,6 +140,7 @@ class Reconciler:
         self._prometheus = prometheus
         self._on_outcome = on_outcome
         self._requeued: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._closed = False
         self._settings = settings
         self._clock = clock
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -195,7 +196,7 @@ class Reconciler:
         replaces kopf timers, which would put a finalizer on every ModelDeployment.
         """
         key = (namespace, name)
-        if key in self._requeued:
+        if key in self._requeued or self._closed:
             return
 
         async def later() -> None:
@@ -222,6 +223,8 @@ class Reconciler:
                 self.requeue(body["metadata"]["name"], body["metadata"]["namespace"], 0)
 
     def close(self) -> None:
+        """Cancels pending requeues and refuses new ones: the clients are about to close."""
+        self._closed = True
         for task in self._requeued.values():
             task.cancel()
         self._requeued.clear()

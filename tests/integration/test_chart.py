@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from crds import go_module_dir, install_crds
 from modeldeploy_localcluster.build import ensure_binaries
 from modeldeploy_localcluster.cluster import LocalCluster
 from modeldeploy_operator.settings import ENV_PREFIX, OperatorSettings
@@ -87,29 +88,18 @@ def kube_version(cluster: LocalCluster) -> str:
 
 
 @pytest.fixture(scope="module")
-def prometheus_operator_crds(
-    cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[None]:
+def prometheus_operator_crds(cluster: LocalCluster) -> Iterator[None]:
     """The Prometheus operator's CRDs for PodMonitor and PrometheusRule."""
-    if shutil.which("go") is None:
-        pytest.fail("go is needed to download the Prometheus operator's CRDs (a prerequisite, see README)")
-    workdir = tmp_path_factory.mktemp("prometheus-operator")
-    result = subprocess.run(
-        ["go", "mod", "download", "-json", f"{PROMETHEUS_OPERATOR_MODULE}@{PROMETHEUS_OPERATOR_VERSION}"],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
+    crd_dir = (
+        go_module_dir(PROMETHEUS_OPERATOR_MODULE, PROMETHEUS_OPERATOR_VERSION)
+        / "example"
+        / "prometheus-operator-crd"
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    crd_dir = Path(json.loads(result.stdout)["Dir"]) / "example" / "prometheus-operator-crd"
-    files = [crd_dir / f"monitoring.coreos.com_{kind}.yaml" for kind in PROMETHEUS_OPERATOR_CRDS]
-    arguments = [argument for path in files for argument in ("-f", str(path))]
-    # Server-side: these CRDs are too large for client-side apply's last-applied annotation.
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", *arguments)
-    names = [f"crd/{kind}.monitoring.coreos.com" for kind in PROMETHEUS_OPERATOR_CRDS]
-    cluster.kubectl("wait", "--for=condition=Established", *names, "--timeout=60s")
+    documents = [
+        yaml.safe_load((crd_dir / f"monitoring.coreos.com_{kind}.yaml").read_text())
+        for kind in PROMETHEUS_OPERATOR_CRDS
+    ]
+    names = install_crds(cluster, documents)
     yield
     cluster.kubectl("delete", "--ignore-not-found", "--wait=false", *names)
 

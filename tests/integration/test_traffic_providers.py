@@ -1,0 +1,118 @@
+"""The gateway-api and istio providers: route objects carry the canary's weight at every step.
+
+The real Gateway API and Istio CRDs are installed from their published Go modules, so the
+API server validates the route objects the operator writes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from crds import crd_documents, go_module_dir, install_crds
+from kube_helpers import wait_until
+from modeldeploy_localcluster.cluster import LocalCluster
+from operator_harness import OperatorProcess
+
+pytestmark = pytest.mark.cluster
+
+GATEWAY_API = (
+    "sigs.k8s.io/gateway-api",
+    "v1.6.3",
+    "config/crd/standard/gateway.networking.k8s.io_httproutes.yaml",
+)
+ISTIO_API = ("istio.io/api", "v1.32.0", "kubernetes/customresourcedefinitions.gen.yaml")
+
+
+@pytest.fixture(scope="module")
+def route_crds(cluster: LocalCluster) -> Iterator[None]:
+    documents = []
+    for module, version, path in (GATEWAY_API, ISTIO_API):
+        documents += crd_documents(go_module_dir(module, version) / path, {"HTTPRoute", "VirtualService"})
+    assert len(documents) == 2
+    names = install_crds(cluster, documents)
+    yield
+    cluster.kubectl("delete", "--ignore-not-found", "--wait=false", *names)
+
+
+def http_route_weights(route: dict[str, Any]) -> dict[str, int]:
+    return {ref["name"]: ref["weight"] for ref in route["spec"]["rules"][0]["backendRefs"]}
+
+
+def virtual_service_weights(service: dict[str, Any]) -> dict[str, int]:
+    return {entry["destination"]["host"]: entry["weight"] for entry in service["spec"]["http"][0]["route"]}
+
+
+def manifest(version: str, traffic: dict[str, Any]) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "modeldeploy.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "iris"},
+            "spec": {
+                "model": {"uri": f"s3://models/iris/{version}/model.skops", "version": version},
+                "replicas": 2,
+                "traffic": traffic,
+                # Long steps and no Prometheus: the test moves the rollout with promote requests.
+                "rollout": {
+                    "steps": [25, 50],
+                    "stepDuration": "10m",
+                    "analysis": {"prometheusAddress": "http://127.0.0.1:9"},
+                },
+            },
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("traffic", "resource", "weights"),
+    [
+        (
+            {"provider": "gateway-api", "gateway": {"parentRefs": [{"name": "public"}]}},
+            "httproute",
+            http_route_weights,
+        ),
+        ({"provider": "istio", "istio": {"gateways": ["public"]}}, "virtualservice", virtual_service_weights),
+    ],
+    ids=["gateway-api", "istio"],
+)
+def test_route_weights_follow_each_step(
+    cluster: LocalCluster,
+    operator: OperatorProcess,
+    route_crds: None,
+    namespace: str,
+    traffic: dict[str, Any],
+    resource: str,
+    weights: Callable[[dict[str, Any]], dict[str, int]],
+) -> None:
+    def route_weights() -> dict[str, int]:
+        found = cluster.kubectl("get", resource, "iris", "-n", namespace, "-o", "json", "--ignore-not-found")
+        return weights(json.loads(found)) if found.strip() else {}
+
+    def expect(stable: int, canary: int, what: str) -> None:
+        wanted = {"iris-stable": stable, "iris-canary": canary}
+        wait_until(lambda: route_weights() == wanted, f"{what}: {wanted}, last seen {route_weights()}")
+
+    def promote(value: str) -> None:
+        cluster.kubectl(
+            "annotate", "--overwrite", "md/iris", "-n", namespace, f"modeldeploy.io/promote={value}"
+        )
+
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=manifest("v1", traffic))
+    cluster.kubectl("wait", "--for=condition=Ready", "md/iris", "-n", namespace, "--timeout=90s")
+    expect(100, 0, "before a rollout")
+
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=manifest("v2", traffic))
+    expect(75, 25, "first step")
+    canary = json.loads(cluster.kubectl("get", "deployment", "iris-canary", "-n", namespace, "-o", "json"))
+    # With a router doing the split, the canary needs only the pods for its share.
+    assert canary["spec"]["replicas"] >= 1
+    promote("step:1")
+    expect(50, 50, "second step")
+    promote("full:1")
+    expect(100, 0, "after promotion")
+    status = json.loads(cluster.kubectl("get", "md", "iris", "-n", namespace, "-o", "json"))["status"]
+    assert status["stable"]["version"] == "v2"
