@@ -1,6 +1,7 @@
 """The HTTP layer: thin FastAPI endpoints that translate to and from the data plane."""
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -18,8 +19,9 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modeldeploy_serving import codec
 from modeldeploy_serving.dataplane import SERVER_VERSION, DataPlane, WorkerGroup
-from modeldeploy_serving.errors import ServingError
+from modeldeploy_serving.errors import InvalidInput, ServingError
 from modeldeploy_serving.metrics import ServerMetrics
 from modeldeploy_serving.protocol import InferenceRequest, V1PredictRequest
 from modeldeploy_serving.routes import classify_path
@@ -242,32 +244,74 @@ class RequestMetricsMiddleware:
         return limited_receive
 
 
-# The header of the binary tensor data extension, which this server does not implement.
+# The header of the binary tensor data extension: the length of the JSON part of the body.
 BINARY_HEADER = b"inference-header-content-length"
-BINARY_UNSUPPORTED = (
-    "the binary tensor data extension is not supported; send tensors as JSON "
-    "(for Triton's client: set_data_from_numpy(..., binary_data=False))"
-)
 
 
 class JsonBodyMiddleware:
-    """Reads every protocol request body as JSON, whatever its content type says.
+    """Hands the endpoints every protocol request body as JSON.
 
-    The protocols' bodies are always JSON, but some clients (Triton's) send no or another content
-    type, for which FastAPI would hand the endpoint raw bytes.
+    The protocols' bodies are JSON, but some clients (Triton's) send no or another content type,
+    for which FastAPI would pass raw bytes; and bodies of the binary tensor data extension (a JSON
+    header, then raw tensors) are turned into plain JSON requests here.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self._app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and classify_path(scope["path"]):
-            headers = [(name, value) for name, value in scope["headers"] if name != b"content-type"]
-            if any(name == BINARY_HEADER for name, _ in headers):
-                await _send_error(send, 400, BINARY_UNSUPPORTED)
+        if not (scope["type"] == "http" and scope["method"] == "POST" and classify_path(scope["path"])):
+            await self._app(scope, receive, send)
+            return
+        headers = [(name, value) for name, value in scope["headers"] if name != b"content-type"]
+        header_length = next((value for name, value in headers if name == BINARY_HEADER), None)
+        if header_length is not None:
+            try:
+                body = await _json_from_binary_request(header_length, receive)
+            except (InvalidInput, StarletteHTTPException) as error:
+                status = error.status_code if isinstance(error, StarletteHTTPException) else 400
+                detail = error.detail if isinstance(error, StarletteHTTPException) else str(error)
+                await _send_error(send, status, str(detail))
                 return
-            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+            receive = _replay(body, receive)
+            headers = [
+                (name, value) for name, value in headers if name not in (BINARY_HEADER, b"content-length")
+            ]
+            headers.append((b"content-length", str(len(body)).encode()))
+        scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
         await self._app(scope, receive, send)
+
+
+async def _json_from_binary_request(header_length: bytes, receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    try:
+        split = int(header_length)
+        header = json.loads(body[:split])
+    except ValueError as error:
+        raise InvalidInput(f"the JSON header of a binary request cannot be read ({error})") from None
+    if not 0 <= split <= len(body):
+        raise InvalidInput("Inference-Header-Content-Length is larger than the body")
+    return json.dumps(codec.inline_binary_tensors(header, body[split:])).encode()
+
+
+def _replay(body: bytes, original: Receive) -> Receive:
+    """A receive channel that delivers `body` once, then whatever the client does next."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return await original()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
 
 
 def _content_length(scope: Scope) -> int | None:

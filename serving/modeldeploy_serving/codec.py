@@ -109,6 +109,61 @@ def _describe_kind(kind: str) -> str:
     }.get(kind, kind)
 
 
+def inline_binary_tensors(header: Any, blob: bytes) -> Any:
+    """A request of the binary tensor data extension with each binary input's data as JSON.
+
+    Inputs whose `parameters.binary_data_size` is set take that many bytes of `blob`, in order:
+    little-endian elements, or for BYTES a 4-byte little-endian length before each element.
+    """
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
+        raise InvalidInput("the JSON header of a binary request must be an object with 'inputs'")
+    offset = 0
+    for item in header["inputs"]:
+        parameters = item.get("parameters") if isinstance(item, dict) else None
+        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+        if size is None:
+            continue
+        if not isinstance(size, int) or size < 0 or offset + size > len(blob):
+            raise InvalidInput(f"input '{item.get('name')}': binary_data_size {size!r} does not fit the body")
+        item["data"] = _decode_binary(
+            str(item.get("name")), item.get("datatype"), blob[offset : offset + size]
+        )
+        offset += size
+    if offset != len(blob):
+        raise InvalidInput(
+            f"the body holds {len(blob) - offset} bytes that no input's binary_data_size claims"
+        )
+    return header
+
+
+def _decode_binary(name: str, datatype: Any, chunk: bytes) -> list[Any]:
+    if datatype == "BYTES":
+        values, offset = [], 0
+        while offset < len(chunk):
+            if offset + 4 > len(chunk):
+                raise InvalidInput(f"input '{name}': truncated BYTES element length")
+            length = int.from_bytes(chunk[offset : offset + 4], "little")
+            element = chunk[offset + 4 : offset + 4 + length]
+            if len(element) != length:
+                raise InvalidInput(f"input '{name}': truncated BYTES element")
+            try:
+                values.append(element.decode())
+            except UnicodeDecodeError:
+                raise InvalidInput(f"input '{name}': a BYTES element is not UTF-8 text") from None
+            offset += 4 + length
+        return values
+    dtype = V2_DATATYPES.get(datatype) if isinstance(datatype, str) else None
+    if dtype is None:
+        raise InvalidInput(f"input '{name}': unknown datatype {datatype!r}")
+    if len(chunk) % dtype.itemsize:
+        raise InvalidInput(f"input '{name}': {len(chunk)} bytes are not whole {datatype} elements")
+    values_array = np.frombuffer(chunk, dtype=dtype.newbyteorder("<"))
+    if dtype.kind == "f" and not np.isfinite(values_array).all():
+        raise InvalidInput(f"input '{name}': binary data holds NaN or infinity")
+    decoded: list[Any] = values_array.tolist()
+    return decoded
+
+
 def datatype_of(array: npt.NDArray[Any]) -> str:
     """The V2 datatype that represents `array`'s elements."""
     for datatype, dtype in V2_DATATYPES.items():

@@ -227,3 +227,44 @@ def test_named_columns_become_rows() -> None:
 def test_bad_named_columns_are_a_client_error(columns: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         codec.rows_from_named_columns(columns, ["a", "b"])
+
+
+def binary_header(*inputs: tuple[str, str, list[int], int]) -> dict[str, Any]:
+    return {
+        "inputs": [
+            {"name": name, "datatype": datatype, "shape": shape, "parameters": {"binary_data_size": size}}
+            for name, datatype, shape, size in inputs
+        ]
+    }
+
+
+def test_binary_tensors_become_json_data() -> None:
+    floats = np.array([1.5, -2.0], dtype="<f4").tobytes()
+    ints = np.array([7], dtype="<i8").tobytes()
+    text = len(b"rome").to_bytes(4, "little") + b"rome" + len(b"").to_bytes(4, "little")
+    header = binary_header(
+        ("a", "FP32", [2], len(floats)), ("b", "INT64", [1], len(ints)), ("c", "BYTES", [2], len(text))
+    )
+    header["inputs"].insert(1, {"name": "json", "datatype": "FP64", "shape": [1], "data": [3.0]})
+    inlined = codec.inline_binary_tensors(header, floats + ints + text)
+    assert [item["data"] for item in inlined["inputs"]] == [[1.5, -2.0], [3.0], [7], ["rome", ""]]
+
+
+@pytest.mark.parametrize(
+    ("header", "blob", "message"),
+    [
+        ([], b"", "must be an object with 'inputs'"),
+        (binary_header(("a", "FP32", [1], 8)), b"1234", "does not fit the body"),
+        (binary_header(("a", "FP32", [1], 4)), b"12345678", "4 bytes that no input"),
+        (binary_header(("a", "FP32", [1], 3)), b"123", "not whole FP32 elements"),
+        (binary_header(("a", "FP64", [1], 8)), np.array([np.nan]).tobytes(), "NaN or infinity"),
+        (binary_header(("a", "BYTES", [1], 2)), b"\x05\x00", "truncated BYTES element length"),
+        (binary_header(("a", "BYTES", [1], 5)), b"\x05\x00\x00\x00a", "truncated BYTES element"),
+        (binary_header(("a", "BYTES", [1], 5)), b"\x01\x00\x00\x00\xff", "not UTF-8"),
+        (binary_header(("a", "COMPLEX", [1], 1)), b"1", "unknown datatype"),
+        (binary_header(("a", "FP32", [1], -1)), b"", "does not fit the body"),
+    ],
+)
+def test_malformed_binary_requests_are_client_errors(header: Any, blob: bytes, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        codec.inline_binary_tensors(header, blob)

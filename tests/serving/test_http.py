@@ -1,10 +1,12 @@
 """The HTTP endpoints in-process: status codes, bodies and metrics as the protocols define them."""
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
@@ -91,6 +93,32 @@ def test_protocol_bodies_are_json_whatever_the_content_type(
     assert client.post("/v1/models/iris:predict", content=body, headers=headers).json() == {
         "predictions": [0]
     }
+
+
+def binary_request(header: dict[str, Any], blob: bytes) -> tuple[bytes, dict[str, str]]:
+    encoded = json.dumps(header).encode()
+    return encoded + blob, {"inference-header-content-length": str(len(encoded))}
+
+
+def test_binary_tensor_requests(client: TestClient) -> None:
+    blob = np.array([SETOSA], dtype="<f8").tobytes()
+    tensor = {"name": "x", "shape": [1, 4], "datatype": "FP64", "parameters": {"binary_data_size": len(blob)}}
+    body, headers = binary_request({"inputs": [tensor], "outputs": [{"name": "predict"}]}, blob)
+    reply = client.post("/v2/models/iris/infer", content=body, headers=headers)
+    assert reply.status_code == 200
+    assert reply.json()["outputs"][0]["data"] == [0]
+    reply = client.post("/v2/models/iris/infer", content=body[:-8], headers=headers)
+    assert reply.status_code == 400
+    assert "does not fit the body" in reply.json()["error"]
+    reply = client.post(
+        "/v2/models/iris/infer", content=b"{", headers={"inference-header-content-length": "1"}
+    )
+    assert reply.status_code == 400
+    assert "cannot be read" in reply.json()["error"]
+    reply = client.post(
+        "/v2/models/iris/infer", content=b"{}", headers={"inference-header-content-length": "9"}
+    )
+    assert reply.status_code == 400
 
 
 @pytest.mark.parametrize(
