@@ -37,7 +37,7 @@ def manifest(model_dir: Path, version: str, prometheus: PrometheusProcess) -> di
             "model": {"uri": model_dir.as_uri(), "format": "sklearn", "version": version},
             "replicas": 2,
             "rollout": {
-                "steps": [50],
+                "steps": [25, 50],
                 "stepDuration": "8s",
                 "progressDeadline": "2m",
                 "analysis": {
@@ -151,6 +151,10 @@ def test_a_good_model_is_promoted_and_a_bad_one_rolled_back(
     )
     assert promoted["stable"]["version"] == "v2", promoted
     assert promoted["history"][0]["outcome"] == "promoted", promoted["history"]
+    events = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json"))["items"]
+    reasons = {event["reason"] for event in events}
+    # 25 % passed, then 50 % passed: one step advanced, then the promotion.
+    assert {"RolloutStarted", "StepAdvanced", "Promoted"} <= reasons, reasons
     assert deployment_model(cluster, namespace, "iris-stable") == iris_models["v1-retrained"].as_uri()
     wait_until(lambda: deployment_model(cluster, namespace, "iris-canary") is None, "the canary to go")
     # The test's stable process now plays the promoted model's pods.
