@@ -23,7 +23,7 @@ _VERSION = re.compile(r"[0-9]+")
 _LOGGED_MODEL_ID = re.compile(r"m-[0-9a-f]{32}")
 _TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
-Downloader = Callable[[str, Path, Mapping[str, str] | None, Mapping[str, str] | None], None]
+Downloader = Callable[[str, Path, Mapping[str, str] | None], None]
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ class TrackingClient:
         """Download a file or a directory tree from the tracking server's artifact proxy."""
         files = self._list_proxied(path)
         if not files:
-            download(self._proxied_url(path), target / PurePosixPath(path).name, self._headers, None)
+            download(self._proxied_url(path), target / PurePosixPath(path).name, self._headers)
             return
         pending = [(path, "")]
         while pending:
@@ -166,7 +166,7 @@ class TrackingClient:
                 if entry.get("is_dir"):
                     pending.append((remote, f"{local}/"))
                 else:
-                    download(self._proxied_url(remote), target / local, self._headers, None)
+                    download(self._proxied_url(remote), target / local, self._headers)
 
     def _list_proxied(self, path: str) -> list[dict[str, Any]]:
         reply = self._get("mlflow-artifacts/artifacts", {"path": path})

@@ -36,20 +36,13 @@ def with_retries(action: Callable[[], T], describe: str) -> T:
     raise AssertionError("unreachable")
 
 
-def download_http(
-    url: str,
-    destination: Path,
-    headers: Mapping[str, str] | None = None,
-    params: Mapping[str, str] | None = None,
-) -> None:
+def download_http(url: str, destination: Path, headers: Mapping[str, str] | None = None) -> None:
     """Stream `url` into `destination`, with timeouts and retries."""
     timeout = httpx.Timeout(READ_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS)
 
     def attempt() -> None:
         with (
-            httpx.stream(
-                "GET", url, headers=headers, params=params, timeout=timeout, follow_redirects=True
-            ) as reply,
+            httpx.stream("GET", url, headers=headers, timeout=timeout, follow_redirects=True) as reply,
         ):
             reply.raise_for_status()
             with destination.open("wb") as stream:
