@@ -63,11 +63,10 @@ async def _resync_forever(reconciler: Reconciler, namespaces: list[str]) -> None
 
 
 @kopf.on.cleanup()
-async def close_client(memo: kopf.Memo, **_: Any) -> None:
+async def stop_background_work(memo: kopf.Memo, **_: Any) -> None:
+    # The clients stay open: handlers still finishing may use them, and the process is ending.
     memo["resync"].cancel()
     memo["reconciler"].close()
-    await memo["client"].close()
-    await memo["http"].aclose()
 
 
 def _report(body: kopf.Body, outcome: Outcome) -> None:

@@ -140,6 +140,7 @@ class Reconciler:
         self._prometheus = prometheus
         self._on_outcome = on_outcome
         self._requeued: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._running: set[asyncio.Task[None]] = set()
         self._closed = False
         self._settings = settings
         self._clock = clock
@@ -213,7 +214,11 @@ class Reconciler:
             if reconciled is not None:
                 self._on_outcome(*reconciled)
 
-        self._requeued[key] = asyncio.create_task(later())
+        task = asyncio.create_task(later())
+        self._requeued[key] = task
+        # Kept until done (not only while waiting), so closing cancels a reconcile under way too.
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     async def resync(self, namespaces: list[str]) -> None:
         """Reconciles every ModelDeployment once: the safety net under the event-driven reconciles."""
@@ -225,7 +230,7 @@ class Reconciler:
     def close(self) -> None:
         """Cancels pending requeues and refuses new ones: the clients are about to close."""
         self._closed = True
-        for task in self._requeued.values():
+        for task in self._running:
             task.cancel()
         self._requeued.clear()
 

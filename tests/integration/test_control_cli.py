@@ -13,7 +13,7 @@ import pytest
 
 from kube_helpers import wait_until
 from modeldeploy_localcluster.cluster import LocalCluster
-from operator_harness import REPO, OperatorProcess
+from operator_harness import REPO, OperatorProcess, steered_rollout_manifest
 
 pytestmark = pytest.mark.cluster
 COMMAND = str(Path(sys.executable).parent / "modeldeploy")
@@ -63,26 +63,6 @@ def test_an_unknown_name_is_a_clear_error(
     assert "ModelDeployment nope not found" in missing.stderr
 
 
-def rollout_manifest(version: str) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "modeldeploy.io/v1alpha1",
-            "kind": "ModelDeployment",
-            "metadata": {"name": "iris"},
-            "spec": {
-                "model": {"uri": f"s3://models/iris/{version}/model.skops", "version": version},
-                "replicas": 2,
-                # Long steps and an unreachable Prometheus: only manual requests move this rollout.
-                "rollout": {
-                    "steps": [25, 50],
-                    "stepDuration": "10m",
-                    "analysis": {"prometheusAddress": "http://127.0.0.1:9"},
-                },
-            },
-        }
-    )
-
-
 def test_rollouts_are_steered_through_annotations(
     cluster: LocalCluster, operator: OperatorProcess, namespace: str
 ) -> None:
@@ -95,9 +75,9 @@ def test_rollouts_are_steered_through_annotations(
         result = modeldeploy(cluster, *args, "iris", "-n", namespace)
         assert result.returncode == 0, result.stderr
 
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=rollout_manifest("v1"))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=steered_rollout_manifest("v1"))
     cluster.kubectl("wait", "--for=condition=Ready", "md/iris", "-n", namespace, "--timeout=90s")
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=rollout_manifest("v2"))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=steered_rollout_manifest("v2"))
     wait_until(lambda: (status().get("canary") or {}).get("version") == "v2", "the v2 canary")
     assert status()["canary"]["weight"] == 25
 
@@ -114,7 +94,7 @@ def test_rollouts_are_steered_through_annotations(
     assert status()["stable"]["version"] == "v2"
     assert status()["history"][0]["outcome"] == "promoted"
 
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=rollout_manifest("v3"))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=steered_rollout_manifest("v3"))
     wait_until(lambda: (status().get("canary") or {}).get("version") == "v3", "the v3 canary")
     steer("abort")
     wait_until(lambda: "canary" not in status(), "the rollback")

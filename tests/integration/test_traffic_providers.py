@@ -7,7 +7,7 @@ API server validates the route objects the operator writes.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,7 +15,7 @@ import pytest
 from crds import crd_documents, go_module_dir, install_crds
 from kube_helpers import wait_until
 from modeldeploy_localcluster.cluster import LocalCluster
-from operator_harness import OperatorProcess
+from operator_harness import OperatorProcess, steered_rollout_manifest
 
 pytestmark = pytest.mark.cluster
 
@@ -27,15 +27,14 @@ GATEWAY_API = (
 ISTIO_API = ("istio.io/api", "v1.32.0", "kubernetes/customresourcedefinitions.gen.yaml")
 
 
-@pytest.fixture(scope="module")
-def route_crds(cluster: LocalCluster) -> Iterator[None]:
+@pytest.fixture(scope="session")
+def route_crds(cluster: LocalCluster) -> None:
+    """Installed for the rest of the session: the operator watches route objects once they exist."""
     documents = []
     for module, version, path in (GATEWAY_API, ISTIO_API):
         documents += crd_documents(go_module_dir(module, version) / path, {"HTTPRoute", "VirtualService"})
     assert len(documents) == 2
-    names = install_crds(cluster, documents)
-    yield
-    cluster.kubectl("delete", "--ignore-not-found", "--wait=false", *names)
+    install_crds(cluster, documents)
 
 
 def http_route_weights(route: dict[str, Any]) -> dict[str, int]:
@@ -44,27 +43,6 @@ def http_route_weights(route: dict[str, Any]) -> dict[str, int]:
 
 def virtual_service_weights(service: dict[str, Any]) -> dict[str, int]:
     return {entry["destination"]["host"]: entry["weight"] for entry in service["spec"]["http"][0]["route"]}
-
-
-def manifest(version: str, traffic: dict[str, Any]) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "modeldeploy.io/v1alpha1",
-            "kind": "ModelDeployment",
-            "metadata": {"name": "iris"},
-            "spec": {
-                "model": {"uri": f"s3://models/iris/{version}/model.skops", "version": version},
-                "replicas": 2,
-                "traffic": traffic,
-                # Long steps and no Prometheus: the test moves the rollout with promote requests.
-                "rollout": {
-                    "steps": [25, 50],
-                    "stepDuration": "10m",
-                    "analysis": {"prometheusAddress": "http://127.0.0.1:9"},
-                },
-            },
-        }
-    )
 
 
 @pytest.mark.parametrize(
@@ -101,11 +79,11 @@ def test_route_weights_follow_each_step(
             "annotate", "--overwrite", "md/iris", "-n", namespace, f"modeldeploy.io/promote={value}"
         )
 
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=manifest("v1", traffic))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=steered_rollout_manifest("v1", traffic))
     cluster.kubectl("wait", "--for=condition=Ready", "md/iris", "-n", namespace, "--timeout=90s")
     expect(100, 0, "before a rollout")
 
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=manifest("v2", traffic))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=steered_rollout_manifest("v2", traffic))
     expect(75, 25, "first step")
     canary = json.loads(cluster.kubectl("get", "deployment", "iris-canary", "-n", namespace, "-o", "json"))
     # With a router doing the split, the canary needs only the pods for its share.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -152,3 +153,26 @@ class OperatorProcess:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def steered_rollout_manifest(version: str, traffic: dict[str, Any] | None = None) -> str:
+    """An iris ModelDeployment whose rollouts only manual requests move: long steps, no Prometheus."""
+    spec: dict[str, Any] = {
+        "model": {"uri": f"s3://models/iris/{version}/model.skops", "version": version},
+        "replicas": 2,
+        "rollout": {
+            "steps": [25, 50],
+            "stepDuration": "10m",
+            "analysis": {"prometheusAddress": "http://127.0.0.1:9"},
+        },
+    }
+    if traffic is not None:
+        spec["traffic"] = traffic
+    return json.dumps(
+        {
+            "apiVersion": "modeldeploy.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "iris"},
+            "spec": spec,
+        }
+    )
