@@ -223,9 +223,12 @@ class Reconciler:
     async def resync(self, namespaces: list[str]) -> None:
         """Reconciles every ModelDeployment once: the safety net under the event-driven reconciles."""
         scopes: list[str | None] = list(namespaces) or [None]
+        count = 0
         for namespace in scopes:
             for body in await self._storage.list_model_deployments(namespace):
                 self.requeue(body["metadata"]["name"], body["metadata"]["namespace"], 0)
+                count += 1
+        _logger.info("Periodic resync of %d ModelDeployments", count)
 
     def close(self) -> None:
         """Cancels pending requeues and refuses new ones: the clients are about to close."""
