@@ -11,11 +11,11 @@ ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build-server
 COPY . /src
-RUN bash /src/scripts/install-server.sh /opt/modeldeploy /src
+RUN bash /src/scripts/install-component.sh server /opt/modeldeploy /src
 
 FROM ${PYTHON_IMAGE} AS build-operator
 COPY . /src
-RUN bash /src/scripts/install-operator.sh /opt/modeldeploy /src
+RUN bash /src/scripts/install-component.sh operator /opt/modeldeploy /src
 
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PATH=/opt/modeldeploy/bin:$PATH \

@@ -1,4 +1,4 @@
-"""The server image's install steps (scripts/install-server.sh) in a fresh virtualenv.
+"""The server image's install steps (scripts/install-component.sh server) in a fresh virtualenv.
 
 The installed server must fetch and serve an MLflow model directory without the mlflow package.
 """
@@ -14,7 +14,7 @@ import httpx
 import pytest
 from serving_helpers import free_port, v2_tensor
 
-REPOSITORY = Path(__file__).resolve().parents[2]
+from install_helpers import install_component
 
 
 def test_the_install_script_gives_a_working_server_without_dev_tools(
@@ -23,21 +23,10 @@ def test_the_install_script_gives_a_working_server_without_dev_tools(
     import mlflow.sklearn
 
     venv = tmp_path / "venv"
-    subprocess.run(
-        ["bash", str(REPOSITORY / "scripts" / "install-server.sh"), str(venv), str(REPOSITORY)],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    installed = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "list", "--format=freeze"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.lower()
-    assert "scikit-learn==" in installed
+    installed = install_component("server", venv)
+    assert "\nscikit-learn==" in installed
     for absent in ("mlflow", "pytest", "moto", "kopf", "mypy"):
-        assert f"\n{absent}==" not in f"\n{installed}", absent
+        assert f"\n{absent}==" not in installed, absent
 
     source = tmp_path / "source"
     mlflow.sklearn.save_model(iris_classifier, source / "iris")

