@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint clean
+.PHONY: install system-deps demo test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +22,14 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# Debian packages the tests run (Prometheus, Lua); installs only what is missing.
+system-deps:
+	bash scripts/install-system-deps.sh
+
 # Unit tests, then integration tests against the real local control plane
-# (started and stopped by the pytest session fixture).
-test: install
+# (started and stopped by the pytest session fixture), then end-to-end tests
+# with Prometheus and model-server processes.
+test: install system-deps
 	$(BIN)/pytest -ra $(PYTEST_ARGS)
 
 clean:
