@@ -92,5 +92,11 @@ def test_route_weights_follow_each_step(
     expect(50, 50, "second step")
     promote("full:1")
     expect(100, 0, "after promotion")
-    status = json.loads(cluster.kubectl("get", "md", "iris", "-n", namespace, "-o", "json"))["status"]
-    assert status["stable"]["version"] == "v2"
+    # The children change first, then the status is written: wait for it rather than race it.
+    wait_until(
+        lambda: json.loads(cluster.kubectl("get", "md", "iris", "-n", namespace, "-o", "json"))["status"]
+        .get("stable", {})
+        .get("version")
+        == "v2",
+        "the promoted model to be the stable one",
+    )
