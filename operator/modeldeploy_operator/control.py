@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from lightkube import AsyncClient, KubeConfig
 from lightkube.core.exceptions import ConfigError
 
-from modeldeploy_operator.kube import KubernetesError, ModelDeploymentStore
+from modeldeploy_operator.kube import KubernetesError, KubeStorage
 from modeldeploy_operator.presentation import detail, history_table, summary_table
 from modeldeploy_operator.rollout import (
     ANNOTATION_ABORT,
@@ -36,17 +36,17 @@ def _clear_screen() -> str:
     return "\x1b[2J\x1b[H"
 
 
-async def _status(store: ModelDeploymentStore, args: argparse.Namespace, namespace: str | None) -> int:
+async def _status(store: KubeStorage, args: argparse.Namespace, namespace: str | None) -> int:
     while True:
         now = datetime.now(UTC)
         if args.name:
-            body = await store.get(args.name, namespace or store.default_namespace)
+            body = await store.get_model_deployment(args.name, namespace or store.default_namespace)
             if body is None:
                 print(f"modeldeploy: ModelDeployment {args.name} not found", file=sys.stderr)
                 return 1
             text = detail(body, now)
         else:
-            text = summary_table(await store.list(namespace), now)
+            text = summary_table(await store.list_model_deployments(namespace), now)
         if not args.watch:
             print(text)
             return 0
@@ -54,8 +54,8 @@ async def _status(store: ModelDeploymentStore, args: argparse.Namespace, namespa
         await asyncio.sleep(args.interval)
 
 
-async def _history(store: ModelDeploymentStore, args: argparse.Namespace, namespace: str) -> int:
-    body = await store.get(args.name, namespace)
+async def _history(store: KubeStorage, args: argparse.Namespace, namespace: str) -> int:
+    body = await store.get_model_deployment(args.name, namespace)
     if body is None:
         print(f"modeldeploy: ModelDeployment {args.name} not found", file=sys.stderr)
         return 1
@@ -80,8 +80,8 @@ def request_annotations(command: str, full: bool, now: datetime) -> dict[str, st
     return {ANNOTATION_PAUSED: None}
 
 
-async def _steer(store: ModelDeploymentStore, args: argparse.Namespace, namespace: str) -> int:
-    if await store.get(args.name, namespace) is None:
+async def _steer(store: KubeStorage, args: argparse.Namespace, namespace: str) -> int:
+    if await store.get_model_deployment(args.name, namespace) is None:
         print(f"modeldeploy: ModelDeployment {args.name} not found", file=sys.stderr)
         return 1
     await store.annotate(
@@ -93,7 +93,8 @@ async def _steer(store: ModelDeploymentStore, args: argparse.Namespace, namespac
 
 async def _run(args: argparse.Namespace) -> int:
     client = AsyncClient(config=KubeConfig.from_env())
-    store = ModelDeploymentStore(client)
+    # The command only reads and annotates, never applies: the field manager is never used.
+    store = KubeStorage(client, field_manager="modeldeploy-cli")
     namespace: str | None = (
         None if getattr(args, "all_namespaces", False) else (args.namespace or store.default_namespace)
     )

@@ -137,6 +137,23 @@ class KubeStorage:
     async def get_model_deployment(self, name: str, namespace: str) -> Manifest | None:
         return await self.get(f"{GROUP}/{VERSION}", KIND, name, namespace)
 
+    @property
+    def default_namespace(self) -> str:
+        """The namespace of the kubeconfig's context (or the pod's own, in a cluster)."""
+        return str(self._client.namespace)
+
+    async def annotate(self, name: str, namespace: str, annotations: Mapping[str, str | None]) -> None:
+        """Sets (or, for None, removes) annotations of a ModelDeployment with a merge patch; the spec
+        is never touched."""
+        with _api_call(_describe("annotate", KIND, name, namespace)):
+            await self._client.patch(
+                ModelDeploymentResource,
+                name,
+                {"metadata": {"annotations": dict(annotations)}},
+                namespace=namespace,
+                patch_type=PatchType.MERGE,
+            )
+
     async def list_model_deployments(self, namespace: str | None) -> list[Manifest]:
         """In one namespace, or in all when namespace is None."""
         with _api_call(f"list {KIND} in {namespace or 'all namespaces'}"):
@@ -215,43 +232,3 @@ class LeaseStore:
                 await self._client.create(lease)
             else:
                 await self._client.replace(lease)
-
-
-class ModelDeploymentStore:
-    """What the `modeldeploy` command reads and writes: ModelDeployments and their annotations."""
-
-    def __init__(self, client: AsyncClient) -> None:
-        self._client = client
-
-    @property
-    def default_namespace(self) -> str:
-        return str(self._client.namespace)
-
-    async def get(self, name: str, namespace: str) -> Manifest | None:
-        try:
-            with _api_call(_describe("get", KIND, name, namespace)):
-                found = await self._client.get(ModelDeploymentResource, name, namespace=namespace)
-        except KubernetesError as error:
-            if error.is_not_found:
-                return None
-            raise
-        return dict(found)
-
-    async def list(self, namespace: str | None) -> list[Manifest]:
-        """In one namespace, or in all when namespace is None."""
-        with _api_call(f"list {KIND} in {namespace or 'all namespaces'}"):
-            return [
-                dict(item)
-                async for item in self._client.list(ModelDeploymentResource, namespace=namespace or "*")
-            ]
-
-    async def annotate(self, name: str, namespace: str, annotations: Mapping[str, str | None]) -> None:
-        """Sets (or, for None, removes) annotations with a merge patch; the spec is never touched."""
-        with _api_call(_describe("annotate", KIND, name, namespace)):
-            await self._client.patch(
-                ModelDeploymentResource,
-                name,
-                {"metadata": {"annotations": dict(annotations)}},
-                namespace=namespace,
-                patch_type=PatchType.MERGE,
-            )
