@@ -58,9 +58,7 @@ class Bench:
 
     def start_operator(self) -> None:
         self.cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        self.cluster.kubectl(
-            "wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.io", "--timeout=60s"
-        )
+        self.cluster.wait_for_crds("crd/modeldeployments.modeldeploy.io")
         for namespace in ("modeldeploy-system", "bench"):
             self.cluster.kubectl("create", "namespace", namespace)
         env = {

@@ -280,6 +280,20 @@ class LocalCluster:
             raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         return result.stdout if check else result.stdout + result.stderr
 
+    def wait_for_crds(self, *names: str, timeout: float = 60.0) -> None:
+        """Waits until each CRD (`crd/NAME`) is Established.
+
+        Not `kubectl wait`: right after an apply a CRD may have no status yet, and kubectl then
+        fails at once ("accessor error: <nil>") instead of waiting.
+        """
+        established = '{.status.conditions[?(@.type=="Established")].status}'
+        deadline = time.monotonic() + timeout
+        for name in names:
+            while self.kubectl("get", name, "-o", f"jsonpath={established}", check=False).strip() != "True":
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"{name} was not Established within {timeout:.0f}s")
+                time.sleep(0.2)
+
     # -- components ------------------------------------------------------------------------------
 
     def _launch(self, name: str, command: list[str]) -> None:

@@ -35,9 +35,7 @@ class Demo:
 
     def start_operator(self) -> None:
         self.cluster.kubectl("apply", "--server-side", "-f", str(self.repo / "crds"))
-        self.cluster.kubectl(
-            "wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.io", "--timeout=60s"
-        )
+        self.cluster.wait_for_crds("crd/modeldeployments.modeldeploy.io")
         self.cluster.kubectl("create", "namespace", "modeldeploy-system")
         env = {
             **os.environ,

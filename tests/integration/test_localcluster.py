@@ -120,7 +120,7 @@ def _widget(name: str, namespace: str, low: int, high: int) -> str:
 
 def test_crd_cel_rule_rejects_a_bad_object_through_kubectl(cluster: LocalCluster, namespace: str) -> None:
     cluster.kubectl("apply", "-f", "-", input_text=WIDGET_CRD)
-    cluster.kubectl("wait", "--for=condition=Established", "crd/widgets.localcluster.test", "--timeout=60s")
+    cluster.wait_for_crds("crd/widgets.localcluster.test")
 
     cluster.kubectl("apply", "-f", "-", input_text=_widget("good", namespace, 1, 3))
     rejected = cluster.kubectl("apply", "-f", "-", input_text=_widget("bad", namespace, 5, 3), check=False)

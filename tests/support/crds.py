@@ -35,7 +35,7 @@ def install_crds(cluster: LocalCluster, documents: list[dict[str, Any]]) -> list
         "apply", "--server-side", "--force-conflicts", "-f", "-", input_text=yaml.safe_dump_all(documents)
     )
     names = [f"crd/{document['metadata']['name']}" for document in documents]
-    cluster.kubectl("wait", "--for=condition=Established", *names, "--timeout=60s")
+    cluster.wait_for_crds(*names)
     return names
 
 

@@ -66,9 +66,7 @@ def rules(path: Path) -> list[dict[str, Any]]:
 
 def install_crd_and_rbac(cluster: LocalCluster) -> None:
     cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.io", "--timeout=60s"
-    )
+    cluster.wait_for_crds("crd/modeldeployments.modeldeploy.io")
     objects: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}},
         service_account(SERVICE_ACCOUNT),
