@@ -195,7 +195,8 @@ def test_operator_deployment(helm: Helm, kube_version: str) -> None:
     assert security["capabilities"] == {"drop": ["ALL"]}
     assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
     assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
-    assert container["args"] == ["--liveness=http://0.0.0.0:8081/healthz"]
+    assert container["args"] == ["--liveness=http://0.0.0.0:8081/healthz", "--metrics=0.0.0.0:8080"]
+    assert {"name": "metrics", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["resources"]["requests"] and container["resources"]["limits"]
     anti_affinity = pod["affinity"]["podAntiAffinity"]
@@ -242,6 +243,18 @@ def test_every_switch_renders(helm: Helm, kube_version: str) -> None:
     dashboard = find(manifests, "ConfigMap", "md-modeldeploy-dashboard", "ops")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     json.loads(dashboard["data"]["modeldeploy-models.json"])
+
+
+def test_metrics_off_passes_an_empty_address_and_declares_no_port(helm: Helm, kube_version: str) -> None:
+    """The flag's default serves metrics, so turning them off must pass the empty address."""
+    manifests = documents(template(helm, kube_version, "ops", "--set", "metrics.enabled=false"))
+    (container,) = find(manifests, "Deployment", "md-modeldeploy", "ops")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert container["args"] == ["--liveness=http://0.0.0.0:8081/healthz", "--metrics="]
+    assert [port["name"] for port in container["ports"]] == ["health"]
+    with pytest.raises(pytest.fail.Exception, match=r"metrics\.port and livenessProbe\.port must differ"):
+        template(helm, kube_version, "ops", "--set", "metrics.port=8081")
 
 
 def test_leader_election_off_needs_one_replica(helm: Helm, kube_version: str) -> None:

@@ -113,4 +113,7 @@ Refuses value combinations the schema cannot express.
 {{- if and (not .Values.leaderElection.enabled) (gt (int .Values.replicaCount) 1) }}
 {{- fail "leaderElection.enabled=false needs replicaCount 1: several operators without a Lease would reconcile at once" }}
 {{- end }}
+{{- if and .Values.metrics.enabled (eq (int .Values.metrics.port) (int .Values.livenessProbe.port)) }}
+{{- fail "metrics.port and livenessProbe.port must differ: the operator serves metrics and /healthz on separate listeners" }}
+{{- end }}
 {{- end }}
