@@ -240,6 +240,19 @@ def test_every_switch_renders(helm: Helm, kube_version: str) -> None:
     assert monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "modeldeploy-server"
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     assert (endpoint["port"], endpoint["path"], endpoint["honorLabels"]) == ("http", "/metrics", True)
+    # The operator's rollout series carry the ModelDeployment's namespace: honorLabels keeps it.
+    operator_monitor = find(manifests, "PodMonitor", "md-modeldeploy-operator", "ops")
+    assert operator_monitor["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "modeldeploy",
+        "app.kubernetes.io/instance": "md",
+        "app.kubernetes.io/component": "operator",
+    }
+    assert operator_monitor["spec"]["namespaceSelector"] == {"matchNames": ["ops"]}
+    assert operator_monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    (endpoint,) = operator_monitor["spec"]["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"], endpoint["honorLabels"]) == ("metrics", "/metrics", True)
+    assert endpoint["relabelings"] == [{"targetLabel": "job", "replacement": "md-modeldeploy"}]
+    assert "metrics" in {port["name"] for port in container["ports"]}
     dashboard = find(manifests, "ConfigMap", "md-modeldeploy-dashboard", "ops")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     json.loads(dashboard["data"]["modeldeploy-models.json"])
@@ -255,6 +268,16 @@ def test_metrics_off_passes_an_empty_address_and_declares_no_port(helm: Helm, ku
     assert [port["name"] for port in container["ports"]] == ["health"]
     with pytest.raises(pytest.fail.Exception, match=r"metrics\.port and livenessProbe\.port must differ"):
         template(helm, kube_version, "ops", "--set", "metrics.port=8081")
+    with pytest.raises(pytest.fail.Exception, match=r"operatorPodMonitor\.enabled needs metrics\.enabled"):
+        template(
+            helm,
+            kube_version,
+            "ops",
+            "--set",
+            "metrics.enabled=false",
+            "--set",
+            "monitoring.operatorPodMonitor.enabled=true",
+        )
 
 
 def test_leader_election_off_needs_one_replica(helm: Helm, kube_version: str) -> None:
@@ -518,7 +541,8 @@ def test_every_switch_passes_the_api_server(
 ) -> None:
     output = dry_run(cluster, template(helm, kube_version, namespace, "--include-crds", "-f", str(ALL_ON)))
     for created in (
-        "podmonitor",
+        "podmonitor.monitoring.coreos.com/md-modeldeploy-server",
+        "podmonitor.monitoring.coreos.com/md-modeldeploy-operator",
         "prometheusrule",
         "poddisruptionbudget",
         "configmap/md-modeldeploy-dashboard",

@@ -116,4 +116,7 @@ Refuses value combinations the schema cannot express.
 {{- if and .Values.metrics.enabled (eq (int .Values.metrics.port) (int .Values.livenessProbe.port)) }}
 {{- fail "metrics.port and livenessProbe.port must differ: the operator serves metrics and /healthz on separate listeners" }}
 {{- end }}
+{{- if and .Values.monitoring.operatorPodMonitor.enabled (not .Values.metrics.enabled) }}
+{{- fail "monitoring.operatorPodMonitor.enabled needs metrics.enabled: with metrics off the operator serves nothing to scrape" }}
+{{- end }}
 {{- end }}
