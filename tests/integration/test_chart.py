@@ -251,7 +251,7 @@ def test_every_switch_renders(helm: Helm, kube_version: str) -> None:
     assert operator_monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     (endpoint,) = operator_monitor["spec"]["podMetricsEndpoints"]
     assert (endpoint["port"], endpoint["path"], endpoint["honorLabels"]) == ("metrics", "/metrics", True)
-    assert endpoint["relabelings"] == [{"targetLabel": "job", "replacement": "md-modeldeploy"}]
+    assert endpoint["relabelings"] == [{"targetLabel": "job", "replacement": "ops/md-modeldeploy-operator"}]
     assert "metrics" in {port["name"] for port in container["ports"]}
     dashboard = find(manifests, "ConfigMap", "md-modeldeploy-dashboard", "ops")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"

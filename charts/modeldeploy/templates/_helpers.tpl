@@ -87,6 +87,14 @@ The leader-election Lease's name.
 {{- end }}
 
 {{/*
+The job of the operator's series: "<release namespace>/<operator PodMonitor name>", unique in a
+cluster; the operator's alerts select on it.
+*/}}
+{{- define "modeldeploy.operatorJob" -}}
+{{- printf "%s/%s-operator" .Release.Namespace (include "modeldeploy.fullname" .) }}
+{{- end }}
+
+{{/*
 Whether the operator watches some namespaces only ("true") or every namespace ("").
 */}}
 {{- define "modeldeploy.namespaced" -}}
