@@ -257,7 +257,19 @@ def test_every_switch_renders(helm: Helm, kube_version: str) -> None:
     assert "metrics" in {port["name"] for port in container["ports"]}
     dashboard = find(manifests, "ConfigMap", "md-modeldeploy-dashboard", "ops")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
-    json.loads(dashboard["data"]["modeldeploy-models.json"])
+    panels = json.loads(dashboard["data"]["modeldeploy-models.json"])["panels"]
+    titles = [panel["title"] for panel in panels]
+    assert {"Request rate", "5xx ratio", "Canary weight", "Rollout step", "Rollouts finished"} <= set(titles)
+    assert "Analysis verdicts" in titles
+    assert len({panel["id"] for panel in panels}) == len(panels)
+    # No two panels share a grid cell (Grafana would shove one aside).
+    cells = [
+        (panel["gridPos"]["x"] + dx, panel["gridPos"]["y"] + dy)
+        for panel in panels
+        for dx in range(panel["gridPos"]["w"])
+        for dy in range(panel["gridPos"]["h"])
+    ]
+    assert len(cells) == len(set(cells))
 
 
 def test_metrics_off_passes_an_empty_address_and_declares_no_port(helm: Helm, kube_version: str) -> None:
@@ -654,7 +666,7 @@ def test_alerts_fire_when_they_should(helm: Helm, kube_version: str, tmp_path: P
     dashboard = json.loads(
         find(manifests, "ConfigMap", "md-modeldeploy-dashboard", "ops")["data"]["modeldeploy-models.json"]
     )
-    grafana_variables = {"$__rate_interval": "5m", "$namespace": ".*", "$model": ".*"}
+    grafana_variables = {"$__rate_interval": "5m", "$__range": "1h", "$namespace": ".*", "$model": ".*"}
     panel_queries = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
     for variable, value in grafana_variables.items():
         panel_queries = [query.replace(variable, value) for query in panel_queries]
