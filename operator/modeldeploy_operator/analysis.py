@@ -256,17 +256,20 @@ class _Counts:
     canary: float | None
     stable: float | None
     min_samples: int
+    # Why a count is missing (Prometheus unreachable, no series, ...), for the messages.
+    canary_unknown: str = ""
+    stable_unknown: str = ""
 
     def canary_problem(self) -> str:
         if self.canary is None:
-            return "the canary's requests could not be counted"
+            return f"the canary's requests could not be counted ({self.canary_unknown})"
         if self.canary < self.min_samples:
             return f"too few samples: the canary served {self.canary:g} of the {self.min_samples} requests needed"
         return ""
 
     def stable_problem(self) -> str:
         if self.stable is None:
-            return "the stable model's requests could not be counted"
+            return f"the stable model's requests could not be counted ({self.stable_unknown})"
         if self.stable < self.min_samples:
             return (
                 f"too few samples: the stable model served {self.stable:g} of the {self.min_samples}"
@@ -516,10 +519,14 @@ def evaluate(plan: AnalysisPlan, results: Mapping[str, QueryResult]) -> list[Che
     `results` holds the decoded answer to each of `plan.queries` by the same key; a missing
     answer counts as a query that was not run.
     """
+    canary = _scalar(results.get(_key(SAMPLES, "canary")))
+    stable = _scalar(results.get(_key(SAMPLES, "stable")))
     counts = _Counts(
-        canary=_scalar(results.get(_key(SAMPLES, "canary"))).value,
-        stable=_scalar(results.get(_key(SAMPLES, "stable"))).value,
+        canary=canary.value,
+        stable=stable.value,
         min_samples=plan.analysis.min_samples,
+        canary_unknown=canary.problem,
+        stable_unknown=stable.problem,
     )
     judge = _Judge(plan, results, counts)
     checks = [judge.samples()]

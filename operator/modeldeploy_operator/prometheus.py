@@ -85,19 +85,13 @@ class PrometheusClient:
         try:
             reply = await self._client.post(url, data=params, timeout=self._timeout)
         except httpx.TimeoutException as error:
-            raise PrometheusError(
-                "timeout", f"Prometheus at {address} did not answer in {self._timeout:.0f}s"
-            ) from error
+            raise PrometheusError("timeout", f"no answer from {address} in {self._timeout:.0f}s") from error
         except httpx.HTTPError as error:
-            raise PrometheusError(
-                "unreachable", f"Prometheus at {address} is unreachable: {error}"
-            ) from error
+            raise PrometheusError("unreachable", f"{address}: {error}") from error
         if reply.status_code in (400, 422):
-            raise PrometheusError("bad-query", f"Prometheus refused the query: {_error_text(reply)}")
+            raise PrometheusError("bad-query", _error_text(reply))
         if reply.status_code != 200:
-            raise PrometheusError(
-                "http", f"Prometheus answered HTTP {reply.status_code}: {_error_text(reply)}"
-            )
+            raise PrometheusError("http", f"HTTP {reply.status_code} from {address}: {_error_text(reply)}")
         try:
             body = reply.json()
         except ValueError as error:

@@ -259,14 +259,16 @@ def test_unusable_answers_are_inconclusive_never_pass(answer: QueryResult | None
 def test_without_a_request_count_nothing_passes(answer: QueryResult) -> None:
     checks = evaluate(plan(), {**healthy(), "samples/canary": answer})
     assert set(verdicts(checks).values()) == {"inconclusive"}
-    assert checks[0].message == "the canary's requests could not be counted"
+    assert checks[0].message.startswith("the canary's requests could not be counted (")
 
 
-def test_prometheus_down_makes_the_whole_window_inconclusive() -> None:
-    down = QueryFailure("unreachable", "connection refused")
+def test_prometheus_down_makes_the_whole_window_inconclusive_and_every_check_says_why() -> None:
+    down = QueryFailure("unreachable", "http://prometheus:9090: connection refused")
     checks = evaluate(plan(), dict.fromkeys(plan().queries, down))
     assert set(verdicts(checks).values()) == {"inconclusive"}
     assert overall_verdict(checks) == "inconclusive"
+    for check in checks:
+        assert "Prometheus is unreachable: http://prometheus:9090: connection refused" in check.message, check
 
 
 def test_error_rate_above_the_absolute_bound_fails() -> None:
