@@ -26,6 +26,7 @@ from lightkube import AsyncClient, KubeConfig
 from modeldeploy_operator import handlers  # noqa: F401 - importing registers the kopf handlers
 from modeldeploy_operator.kube import LeaseStore
 from modeldeploy_operator.leadership import LeaderElector
+from modeldeploy_operator.metrics import METRICS, serve
 from modeldeploy_operator.settings import OperatorSettings
 
 KEEPER_JOIN_SECONDS = 10.0
@@ -106,15 +107,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--liveness", default="http://0.0.0.0:8081/healthz", help="liveness endpoint (default: %(default)s)"
     )
+    parser.add_argument(
+        "--metrics",
+        default="0.0.0.0:8080",
+        help="host:port to serve Prometheus metrics on; empty turns them off (default: %(default)s)",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every handler run")
     args = parser.parse_args(argv)
     settings = OperatorSettings()
+    if args.metrics:
+        serve(args.metrics)
     kopf.configure(
         verbose=args.verbose,
         log_prefix=True,
         log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL,
     )
     if not settings.leader_election:
+        METRICS.leader.set(1)
         _run_kopf(settings, args.liveness)
         return
 
@@ -124,9 +133,11 @@ def main(argv: list[str] | None = None) -> None:
     stop, lost = threading.Event(), threading.Event()
     keeper = threading.Thread(target=lambda: asyncio.run(_keep(settings, identity, stop, lost)), daemon=True)
     keeper.start()
+    METRICS.leader.set(1)
     try:
         _run_kopf(settings, args.liveness)
     finally:
+        METRICS.leader.set(0)
         stop.set()
         keeper.join(timeout=KEEPER_JOIN_SECONDS)
     if lost.is_set():

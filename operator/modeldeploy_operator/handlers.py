@@ -18,6 +18,7 @@ from lightkube import AsyncClient, KubeConfig
 from modeldeploy_operator.builders import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER_NAME
 from modeldeploy_operator.crdgen import GROUP, PLURAL, VERSION
 from modeldeploy_operator.kube import KubernetesError, KubeStorage
+from modeldeploy_operator.metrics import METRICS
 from modeldeploy_operator.prometheus import PrometheusClient
 from modeldeploy_operator.reconcile import Outcome, Reconciler
 from modeldeploy_operator.settings import OperatorSettings
@@ -71,6 +72,7 @@ async def stop_background_work(memo: kopf.Memo, **_: Any) -> None:
 
 def _report(body: kopf.Body, outcome: Outcome) -> None:
     for event in outcome.events:
+        METRICS.events.labels(event.type, event.reason).inc()
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 

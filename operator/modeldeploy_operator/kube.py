@@ -19,6 +19,7 @@ from lightkube.generic_resource import create_namespaced_resource
 from lightkube.types import PatchType
 
 from modeldeploy_operator.crdgen import GROUP, KIND, PLURAL, VERSION
+from modeldeploy_operator.metrics import METRICS
 
 ModelDeploymentResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
 # The traffic providers' route objects, known to the client whether or not their CRDs are installed.
@@ -84,6 +85,7 @@ class KubeStorage:
         we do not send, such as an HPA's replica count, stay with whoever owns them.
         """
         metadata = manifest["metadata"]
+        METRICS.kubernetes_writes.labels("apply", manifest["kind"]).inc()
         with _api_call(_describe("apply", manifest["kind"], metadata["name"], metadata.get("namespace"))):
             applied: Any = await self._client.apply(
                 codecs.from_dict(dict(manifest)), field_manager=self._field_manager, force=True
@@ -105,6 +107,7 @@ class KubeStorage:
 
     async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> bool:
         """Deletes the object; False when it was already gone."""
+        METRICS.kubernetes_writes.labels("delete", kind).inc()
         try:
             with _api_call(_describe("delete", kind, name, namespace)):
                 await self._client.delete(_resource_of(api_version, kind), name, namespace=namespace)
@@ -125,6 +128,7 @@ class KubeStorage:
 
     async def patch_status(self, name: str, namespace: str, status: Mapping[str, Any]) -> None:
         """Merge-patches the status subresource (the spec is the user's, never written here)."""
+        METRICS.kubernetes_writes.labels("patch-status", KIND).inc()
         with _api_call(_describe("patch status of", KIND, name, namespace)):
             await self._client.patch(
                 ModelDeploymentResource.Status,
@@ -145,6 +149,7 @@ class KubeStorage:
     async def annotate(self, name: str, namespace: str, annotations: Mapping[str, str | None]) -> None:
         """Sets (or, for None, removes) annotations of a ModelDeployment with a merge patch; the spec
         is never touched."""
+        METRICS.kubernetes_writes.labels("annotate", KIND).inc()
         with _api_call(_describe("annotate", KIND, name, namespace)):
             await self._client.patch(
                 ModelDeploymentResource,
@@ -227,6 +232,7 @@ class LeaseStore:
         lease = LeaseResource.from_dict(
             {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
         )
+        METRICS.kubernetes_writes.labels("write", "Lease").inc()
         with _api_call(_describe("write", "Lease", self._name, self._namespace)):
             if record.resource_version is None:
                 await self._client.create(lease)

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from modeldeploy_operator.builders import (
 )
 from modeldeploy_operator.desired import desired_children
 from modeldeploy_operator.kube import KubernetesError, KubeStorage, Manifest
+from modeldeploy_operator.metrics import METRICS, OperatorMetrics
 from modeldeploy_operator.prometheus import PrometheusClient, PrometheusError
 from modeldeploy_operator.rollout import EmitEvent, StepAnalysis, analysis_window, decide, placement
 from modeldeploy_operator.settings import OperatorSettings
@@ -135,8 +137,10 @@ class Reconciler:
         prometheus: PrometheusClient,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_outcome: Callable[[Manifest, Outcome], None] = lambda body, outcome: None,
+        metrics: OperatorMetrics = METRICS,
     ) -> None:
         self._storage = storage
+        self._metrics = metrics
         self._prometheus = prometheus
         self._on_outcome = on_outcome
         self._requeued: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -185,8 +189,9 @@ class Reconciler:
                 self._queued.discard(key)
                 body = await self._storage.get_model_deployment(name, namespace)
                 if body is None:
+                    self._metrics.forget(namespace, name)
                     return None
-                return body, await self._reconcile(body)
+                return body, await self._measured_reconcile(body)
         finally:
             self._queued.discard(key)
 
@@ -240,7 +245,18 @@ class Reconciler:
     async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
         metadata = body["metadata"]
         async with self._locks[(metadata["namespace"], metadata["name"])]:
-            return await self._reconcile(body)
+            return await self._measured_reconcile(body)
+
+    async def _measured_reconcile(self, body: Mapping[str, Any]) -> Outcome:
+        started = time.perf_counter()
+        result = "error"
+        try:
+            outcome = await self._reconcile(body)
+            result = "ok"
+            return outcome
+        finally:
+            self._metrics.reconciles.labels(result).inc()
+            self._metrics.reconcile_seconds.observe(time.perf_counter() - started)
 
     async def _reconcile(self, body: Mapping[str, Any]) -> Outcome:
         if body["metadata"].get("deletionTimestamp"):
@@ -263,6 +279,7 @@ class Reconciler:
         analysis = await self._analyse(owner, spec, current, now)
         annotations = body["metadata"].get("annotations") or {}
         decision = decide(spec, current, now, analysis=analysis, annotations=annotations)
+        self._metrics.observe_rollout(owner.namespace, owner.name, current, decision.status, analysis)
         place = placement(spec, decision.status)
 
         # The children do not depend on each other: apply them at once.
@@ -312,10 +329,16 @@ class Reconciler:
         address = spec.rollout.analysis.prometheus_address or self._settings.prometheus_address
 
         async def answer(query: str) -> QueryResult:
+            started = time.perf_counter()
+            result = "ok"
             try:
                 return await self._prometheus.query(address, query, at=window.end)
             except PrometheusError as error:
+                result = error.kind
                 return QueryFailure(error.kind, str(error))
+            finally:
+                self._metrics.prometheus_queries.labels(result).inc()
+                self._metrics.prometheus_query_seconds.observe(time.perf_counter() - started)
 
         keys = list(plan.queries)
         answers = await asyncio.gather(*(answer(plan.queries[key]) for key in keys))
