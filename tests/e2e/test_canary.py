@@ -1,92 +1,150 @@
 """Canary rollouts end to end: the real control plane and operator, a real Prometheus, and real
 model-server processes for the stable and the canary model.
 
-kwok runs no containers, so the test plays the part of the pods: when the operator creates the
-canary Deployment it starts a canary server process with that Deployment's model, and it sends
-each variant the share of requests that the ModelDeployment's status says it receives.
+kwok runs no containers, so stand-in processes play the pods: each Deployment the operator
+writes gets a `modeldeploy-server` process running that Deployment's fetch step and server
+settings (`modeldeploy_localcluster.standins`), and the load generator sends each variant the
+share of requests that the ModelDeployment's status says it receives.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_harness import ModelServer, PrometheusProcess, send_load
 
 from kube_helpers import wait_until
 from modeldeploy_localcluster.cluster import LocalCluster
+from modeldeploy_localcluster.standins import PrometheusProcess, ServerStandIns, WeightedLoad
 from operator_harness import OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
+# One row of each iris class, one row per request: a good model spreads its answers over all three.
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [7.7, 3.0, 6.1, 2.3]]
-PAYLOAD = {"inputs": [{"name": "input-0", "shape": [3, 4], "datatype": "FP64", "data": ROWS}]}
+PAYLOADS = [
+    {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [row]}]} for row in ROWS
+]
 REQUESTS_PER_SECOND = 30
+STEP_SECONDS = 8
 
 
-def manifest(model_dir: Path, version: str, prometheus: PrometheusProcess) -> dict[str, Any]:
-    return {
-        "apiVersion": "modeldeploy.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": "iris"},
-        "spec": {
-            "model": {"uri": model_dir.as_uri(), "format": "sklearn", "version": version},
-            "replicas": 2,
-            "rollout": {
-                "steps": [25, 50],
-                "stepDuration": "8s",
-                "progressDeadline": "2m",
-                "analysis": {
-                    "prometheusAddress": prometheus.url,
-                    "minSamples": 20,
-                    "errorRate": {"maxRatio": 0.05},
-                    # Latency on a shared 2-core machine is noise; the bound only catches the absurd.
-                    "latency": {"maxSeconds": 2.0, "maxIncreaseRatio": 1000},
-                    "predictionShift": {"maxShift": 0.2},
+def manifest(model_dir: Path, version: str, prometheus: PrometheusProcess, **rollout: Any) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "modeldeploy.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "iris"},
+            "spec": {
+                "model": {"uri": model_dir.as_uri(), "format": "sklearn", "version": version},
+                "replicas": 2,
+                "rollout": {
+                    "steps": [25, 50],
+                    "stepDuration": f"{STEP_SECONDS}s",
+                    "progressDeadline": "3m",
+                    "analysis": {
+                        "prometheusAddress": prometheus.url,
+                        "minSamples": 20,
+                        "errorRate": {"maxRatio": 0.05},
+                        # Latency on a shared 2-core machine is noise; the bound only catches the absurd.
+                        "latency": {"maxSeconds": 2.0, "maxIncreaseRatio": 1000},
+                        "predictionShift": {"maxShift": 0.2},
+                    },
+                    **rollout,
                 },
             },
-        },
-    }
+        }
+    )
 
 
-class Traffic:
-    """Sends load to the variants in the shares the ModelDeployment's status reports, until stopped."""
+@dataclass
+class Rollouts:
+    """The iris ModelDeployment of one test, with stand-in servers and load following its status."""
 
-    def __init__(self, cluster: LocalCluster, namespace: str) -> None:
-        self.cluster = cluster
-        self.namespace = namespace
-        self.servers: dict[str, ModelServer] = {}
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+    cluster: LocalCluster
+    namespace: str
+    prometheus: PrometheusProcess
+    stand_ins: ServerStandIns
+    load: WeightedLoad
+
+    def apply(self, model_dir: Path, version: str, **rollout: Any) -> None:
+        self.cluster.kubectl(
+            "apply",
+            "-n",
+            self.namespace,
+            "-f",
+            "-",
+            input_text=manifest(model_dir, version, self.prometheus, **rollout),
+        )
 
     def status(self) -> dict[str, Any]:
-        body = json.loads(self.cluster.kubectl("get", "md", "iris", "-n", self.namespace, "-o", "json"))
-        status: dict[str, Any] = body.get("status", {})
-        return status
+        return self.load.status()
 
-    def _run(self) -> None:
-        while not self.stopped.is_set():
-            canary = self.status().get("canary")
-            weight = float(canary.get("effectiveWeight", canary["weight"])) if canary else 0.0
-            targets = {"stable": (f"{self.servers['stable'].url}/v2/models/iris/infer", 100 - weight)}
-            if weight > 0 and "canary" in self.servers:
-                targets["canary"] = (f"{self.servers['canary'].url}/v2/models/iris/infer", weight)
-            send_load(targets, PAYLOAD, rate=REQUESTS_PER_SECOND, seconds=1)
+    def deploy_stable(self, model_dir: Path, version: str) -> None:
+        self.apply(model_dir, version)
+        self.cluster.kubectl(
+            "wait", "--for=condition=Ready", "md/iris", "-n", self.namespace, "--timeout=90s"
+        )
+        wait_until(lambda: "stable" in self.stand_ins.urls(), "the stable server process", timeout=60)
 
-    def stop(self) -> None:
-        self.stopped.set()
-        self.thread.join(timeout=30)
+    def roll_out(self, model_dir: Path, version: str, **rollout: Any) -> dict[str, Any]:
+        """Changes the spec's model and waits for the rollout's outcome."""
+        self.start_rollout(model_dir, version, **rollout)
+        return self.wait_for_outcome()
+
+    def start_rollout(self, model_dir: Path, version: str, **rollout: Any) -> None:
+        self.apply(model_dir, version, **rollout)
+        wait_until(lambda: "canary" in self.status(), "the rollout to start")
+
+    def wait_for_outcome(self, timeout: float = 180) -> dict[str, Any]:
+        wait_until(lambda: "canary" not in self.status(), "the rollout to end", timeout=timeout)
+        return self.status()
+
+    def events(self, reason: str) -> int:
+        """How many Events with this reason the ModelDeployment got (repeats count)."""
+        events = json.loads(self.cluster.kubectl("get", "events", "-n", self.namespace, "-o", "json"))[
+            "items"
+        ]
+        return sum(
+            event.get("count", 1) or 1
+            for event in events
+            if event["reason"] == reason and event["involvedObject"]["kind"] == "ModelDeployment"
+        )
+
+
+@contextmanager
+def running_rollouts(
+    cluster: LocalCluster, namespace: str, prometheus: PrometheusProcess, workdir: Path
+) -> Iterator[Rollouts]:
+    stand_ins = ServerStandIns(cluster, namespace, "iris", prometheus, workdir)
+    load = WeightedLoad(cluster, stand_ins, PAYLOADS, REQUESTS_PER_SECOND)
+    stand_ins.start()
+    load.start()
+    try:
+        yield Rollouts(cluster, namespace, prometheus, stand_ins, load)
+    finally:
+        load.stop()
+        stand_ins.stop()
 
 
 @pytest.fixture
-def traffic(cluster: LocalCluster, namespace: str) -> Iterator[Traffic]:
-    running = Traffic(cluster, namespace)
-    yield running
-    running.stop()
+def rollouts(
+    cluster: LocalCluster,
+    operator: OperatorProcess,
+    namespace: str,
+    prometheus: PrometheusProcess,
+    tmp_path: Path,
+) -> Iterator[Rollouts]:
+    with running_rollouts(cluster, namespace, prometheus, tmp_path) as running:
+        yield running
 
 
 def deployment_model(cluster: LocalCluster, namespace: str, name: str) -> str | None:
@@ -97,80 +155,169 @@ def deployment_model(cluster: LocalCluster, namespace: str, name: str) -> str | 
     return str(args[args.index("--uri") + 1])
 
 
-def roll_out(
-    cluster: LocalCluster,
-    namespace: str,
-    traffic: Traffic,
-    start_model_server: Callable[..., ModelServer],
-    model_dir: Path,
-    version: str,
-    prometheus: PrometheusProcess,
-) -> dict[str, Any]:
-    """Changes the spec's model, runs the canary the operator asks for, and waits for the outcome."""
-    cluster.kubectl(
-        "apply", "-n", namespace, "-f", "-", input_text=json.dumps(manifest(model_dir, version, prometheus))
-    )
-    wait_until(
-        lambda: deployment_model(cluster, namespace, "iris-canary") == model_dir.as_uri(),
-        "the operator to create the canary Deployment",
-    )
-    traffic.servers["canary"] = start_model_server(
-        model_dir, name="iris", namespace=namespace, variant="canary", version=version
-    )
-    wait_until(lambda: "canary" not in traffic.status(), "the rollout to end", timeout=150)
-    traffic.servers.pop("canary").stop()
-    return traffic.status()
+def metric_value(metrics: str, metric: str, **labels: str) -> float:
+    """The value of one series in Prometheus' text format, 0 when it is absent."""
+    for line in metrics.splitlines():
+        if line.startswith(metric + "{") and all(f'{key}="{value}"' in line for key, value in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
-def test_a_good_model_is_promoted_and_a_bad_one_rolled_back(
-    cluster: LocalCluster,
-    operator: OperatorProcess,
-    namespace: str,
-    prometheus: PrometheusProcess,
-    start_model_server: Callable[..., ModelServer],
-    iris_models: dict[str, Path],
-    traffic: Traffic,
+class CanaryRecorder:
+    """Samples the status' canary twice a second, to see every step a rollout went through."""
+
+    def __init__(self, rollouts: Rollouts) -> None:
+        self.rollouts = rollouts
+        self.samples: list[dict[str, Any]] = []
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(0.5):
+            canary = self.rollouts.status().get("canary")
+            if canary is not None:
+                self.samples.append(canary)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=10)
+
+
+def test_a_good_model_is_promoted_step_by_step_and_a_different_one_rolled_back(
+    rollouts: Rollouts, operator: OperatorProcess, iris_models: dict[str, Path]
 ) -> None:
-    cluster.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input_text=json.dumps(manifest(iris_models["v1"], "v1", prometheus)),
-    )
-    cluster.kubectl("wait", "--for=condition=Ready", "md/iris", "-n", namespace, "--timeout=90s")
-    traffic.servers["stable"] = start_model_server(
-        iris_models["v1"], name="iris", namespace=namespace, variant="stable", version="v1"
-    )
-    traffic.thread.start()
+    cluster, namespace = rollouts.cluster, rollouts.namespace
+    rollouts.deploy_stable(iris_models["v1"], "v1")
 
     # The same classifier retrained: its predictions match the stable model's.
-    promoted = roll_out(
-        cluster, namespace, traffic, start_model_server, iris_models["v1-retrained"], "v2", prometheus
-    )
+    promoted = rollouts.roll_out(iris_models["v1-retrained"], "v2")
     assert promoted["stable"]["version"] == "v2", promoted
     assert promoted["history"][0]["outcome"] == "promoted", promoted["history"]
-    events = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json"))["items"]
-    reasons = {event["reason"] for event in events}
     # 25 % passed, then 50 % passed: one step advanced, then the promotion.
-    assert {"RolloutStarted", "StepAdvanced", "Promoted"} <= reasons, reasons
+    assert rollouts.events("RolloutStarted") == 1
+    assert rollouts.events("StepAdvanced") == 1
+    assert rollouts.events("Promoted") == 1
     assert deployment_model(cluster, namespace, "iris-stable") == iris_models["v1-retrained"].as_uri()
     wait_until(lambda: deployment_model(cluster, namespace, "iris-canary") is None, "the canary to go")
-    # The test's stable process now plays the promoted model's pods.
-    traffic.servers["stable"].stop()
-    traffic.servers["stable"] = start_model_server(
-        iris_models["v1-retrained"], name="iris", namespace=namespace, variant="stable", version="v2"
+    wait_until(
+        lambda: rollouts.stand_ins.running_model("stable") is not None
+        and rollouts.stand_ins.running_model("canary") is None,
+        "the stand-ins to follow the promotion",
     )
 
-    # A model that answers `setosa` to everything: its predictions shift far from the stable model's.
-    rejected = roll_out(
-        cluster, namespace, traffic, start_model_server, iris_models["v2-constant"], "v3", prometheus
-    )
+    # A model that answers `setosa` to everything: same errors and latency, shifted predictions.
+    rejected = rollouts.roll_out(iris_models["v2-constant"], "v3")
     assert rejected["stable"]["version"] == "v2", rejected
     assert rejected["history"][0]["outcome"] == "rolledBack", rejected["history"]
     assert rejected["rejected"]["version"] == "v3"
-    assert "predictionShift" in rejected["history"][0]["message"], rejected["history"][0]
+    message = rejected["history"][0]["message"]
+    assert "predictionShift" in message and "errorRate" not in message, message
     assert deployment_model(cluster, namespace, "iris-stable") == iris_models["v1-retrained"].as_uri()
-    warnings = cluster.kubectl("get", "events", "-n", namespace, "--field-selector", "type=Warning")
-    assert "iris" in warnings
+    assert rollouts.events("RolledBack") >= 1
+
+    metrics = operator.metrics()
+    finished = "modeldeploy_operator_rollouts_finished_total"
+    assert metric_value(metrics, finished, namespace=namespace, name="iris", outcome="promoted") == 1
+    assert metric_value(metrics, finished, namespace=namespace, name="iris", outcome="rolledBack") == 1
+    checks = "modeldeploy_operator_analysis_checks_total"
+    assert metric_value(metrics, checks, namespace=namespace, check="predictionShift", verdict="pass") >= 2
+    assert metric_value(metrics, checks, namespace=namespace, check="predictionShift", verdict="fail") >= 1
+    assert (
+        metric_value(metrics, "modeldeploy_operator_rollout_canary_weight_percent", namespace=namespace) == 0
+    )
+
+
+def test_a_model_that_fails_some_requests_is_rolled_back(
+    rollouts: Rollouts, iris_models: dict[str, Path]
+) -> None:
+    rollouts.deploy_stable(iris_models["v1"], "v1")
+
+    rejected = rollouts.roll_out(iris_models["v2-lost-a-class"], "v2")
+
+    assert rejected["history"][0]["outcome"] == "rolledBack", rejected["history"]
+    assert rejected["rejected"]["version"] == "v2"
+    message = rejected["history"][0]["message"]
+    assert "errorRate" in message, message
+    assert rollouts.events("RolledBack") >= 1
+    # The canary failed about a third of its requests (those with a row of the lost class); the
+    # stable model none, before, during and after the rollout.
+    codes = rollouts.load.report.codes
+    assert codes["stable"] == {200: sum(codes["stable"].values())}, codes
+    canary_failed = codes["canary"].get(500, 0) / sum(codes["canary"].values())
+    assert 0.2 < canary_failed < 0.5, codes
+    wait_until(
+        lambda: deployment_model(rollouts.cluster, rollouts.namespace, "iris-canary") is None,
+        "the canary Deployment to go",
+    )
+
+
+def test_a_rollout_holds_while_prometheus_is_down_and_continues_when_it_returns(
+    cluster: LocalCluster,
+    operator: OperatorProcess,
+    namespace: str,
+    tmp_path: Path,
+    iris_models: dict[str, Path],
+) -> None:
+    own = PrometheusProcess(tmp_path / "prometheus")
+    own.start()
+    try:
+        with running_rollouts(cluster, namespace, own, tmp_path / "stand-ins") as rollouts:
+            rollouts.deploy_stable(iris_models["v1"], "v1")
+            rollouts.start_rollout(iris_models["v1-retrained"], "v2", inconclusiveLimit=20)
+            recorder = CanaryRecorder(rollouts)
+            own.stop()
+            outage_started = time.monotonic()
+            wait_until(
+                lambda: rollouts.status()["canary"].get("inconclusive", 0) >= 2,
+                "two analyses without a verdict",
+                timeout=60,
+            )
+            during = rollouts.status()["canary"]
+            own.start()
+            outage = time.monotonic() - outage_started
+            promoted = rollouts.wait_for_outcome()
+            recorder.stop()
+    finally:
+        own.stop()
+
+    # While Prometheus was away the rollout stayed on its first step, saying why.
+    assert during["step"] == 0 and during["weight"] == 25, during
+    unreachable = [check for check in during["checks"] if check["verdict"] == "inconclusive"]
+    assert unreachable, during["checks"]
+    messages = [check["message"] for check in unreachable]
+    assert all("Prometheus is unreachable" in message for message in messages), messages
+    assert outage > 2 * STEP_SECONDS
+    # Then it continued, step by step, to the promotion.
+    assert promoted["history"][0]["outcome"] == "promoted", promoted["history"]
+    assert promoted["stable"]["version"] == "v2"
+    assert [sample["step"] for sample in recorder.samples] == sorted(
+        sample["step"] for sample in recorder.samples
+    )
+    assert rollouts.events("StepInconclusive") >= 2
+
+
+def test_an_operator_killed_mid_step_resumes_without_repeating_or_skipping_a_step(
+    rollouts: Rollouts, operator: OperatorProcess, iris_models: dict[str, Path]
+) -> None:
+    rollouts.deploy_stable(iris_models["v1"], "v1")
+    rollouts.start_rollout(iris_models["v1-retrained"], "v2", steps=[20, 40, 60])
+    recorder = CanaryRecorder(rollouts)
+    wait_until(lambda: rollouts.status()["canary"]["step"] == 1, "the second step", timeout=60)
+
+    operator.stop(signal.SIGKILL)
+    time.sleep(STEP_SECONDS / 2)
+    operator.start()
+    promoted = rollouts.wait_for_outcome()
+    recorder.stop()
+
+    assert promoted["history"][0]["outcome"] == "promoted", promoted["history"]
+    steps = [sample["step"] for sample in recorder.samples]
+    assert sorted(set(steps)) == [0, 1, 2] or sorted(set(steps)) == [1, 2], steps
+    assert steps == sorted(steps), steps
+    # Each step began once: the restarted operator kept the step it found in the status.
+    began = {(sample["step"], sample["stepStartedAt"]) for sample in recorder.samples}
+    assert len(began) == len({step for step, _ in began}), began
+    assert rollouts.events("RolloutStarted") == 1
+    assert rollouts.events("StepAdvanced") == 2
+    assert rollouts.events("Promoted") == 1

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from e2e_harness import ModelServer, PrometheusProcess, send_load
 
+from modeldeploy_localcluster.standins import ModelServer, PrometheusProcess, send_load
 from modeldeploy_serving import metric_names as names
 
 pytestmark = pytest.mark.e2e
@@ -39,11 +39,11 @@ def test_prometheus_sees_each_variant_with_its_traffic_and_predictions(
             "stable": (f"{stable.url}/v2/models/iris/infer", 3.0),
             "canary": (f"{canary.url}/v2/models/iris/infer", 1.0),
         },
-        PAYLOAD,
+        [PAYLOAD],
         rate=40,
         seconds=6,
     )
-    assert report.status_codes == {200: sum(report.sent.values())}
+    assert report.codes == {"stable": {200: report.sent["stable"]}, "canary": {200: report.sent["canary"]}}
     time.sleep(3)  # two more scrapes
 
     selector = 'model="iris", namespace="ml"'

@@ -10,8 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from e2e_harness import PrometheusProcess, free_port
 
+from modeldeploy_localcluster.cluster import free_port
+from modeldeploy_localcluster.standins import PrometheusProcess
 from modeldeploy_operator.prometheus import PrometheusClient, PrometheusError, Sample
 
 pytestmark = pytest.mark.e2e

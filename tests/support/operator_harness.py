@@ -103,6 +103,7 @@ class OperatorProcess:
         self.kubeconfig = kubeconfig
         self.log = log
         self.port = free_port()
+        self.metrics_port = free_port()
         self.extra_env = extra_env or {}
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -120,6 +121,7 @@ class OperatorProcess:
                 [
                     str(Path(sys.executable).parent / "modeldeploy-operator"),
                     f"--liveness=http://127.0.0.1:{self.port}/healthz",
+                    f"--metrics=127.0.0.1:{self.metrics_port}",
                     "--verbose",
                 ],
                 env=env,
@@ -148,6 +150,12 @@ class OperatorProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+    def metrics(self) -> str:
+        """The operator's Prometheus metrics, as text."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as reply:
+            text: str = reply.read().decode()
+            return text
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
