@@ -35,7 +35,14 @@ from modeldeploy_operator.desired import desired_children
 from modeldeploy_operator.kube import KubernetesError, KubeStorage, Manifest
 from modeldeploy_operator.metrics import METRICS, OperatorMetrics
 from modeldeploy_operator.prometheus import PrometheusClient, PrometheusError
-from modeldeploy_operator.rollout import EmitEvent, StepAnalysis, analysis_window, decide, placement
+from modeldeploy_operator.rollout import (
+    EmitEvent,
+    StepAnalysis,
+    analysis_window,
+    decide,
+    next_analysis_at,
+    placement,
+)
 from modeldeploy_operator.settings import OperatorSettings
 from modeldeploy_operator.spec import ModelDeploymentSpec, ModelDeploymentStatus
 from modeldeploy_operator.status import (
@@ -47,8 +54,11 @@ from modeldeploy_operator.status import (
 
 # How long a child's event waits for the rest of its burst before the owner is reconciled.
 COALESCE_SECONDS = 0.5
-# While a canary runs, how often its steps and analysis windows are looked at.
+# While a canary runs, how often it is looked at at least (manual requests, deadline, pods);
+# the end of each analysis window gets a wake-up of its own.
 ROLLOUT_TICK_SECONDS = 5.0
+# After a window's end, before it is queried: the last scrape of the window has to land.
+WINDOW_SETTLE_SECONDS = 0.2
 # After a failed reconcile that no event will repeat.
 RETRY_SECONDS = 15.0
 _logger = logging.getLogger("modeldeploy.reconcile")
@@ -127,6 +137,16 @@ def transition_events(previous: Mapping[str, Any] | None, current: Mapping[str, 
     return events
 
 
+def rollout_wake_up(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, now: datetime) -> float:
+    """Seconds until a running rollout should be looked at again: at the latest the tick, sooner
+    when its analysis window ends first."""
+    window_end = next_analysis_at(spec, status)
+    if window_end is None:
+        return ROLLOUT_TICK_SECONDS
+    until_end = (window_end - now).total_seconds() + WINDOW_SETTLE_SECONDS
+    return min(ROLLOUT_TICK_SECONDS, max(WINDOW_SETTLE_SECONDS, until_end))
+
+
 class Reconciler:
     """Reconciles ModelDeployments one at a time per object (triggers may arrive concurrently)."""
 
@@ -143,7 +163,8 @@ class Reconciler:
         self._metrics = metrics
         self._prometheus = prometheus
         self._on_outcome = on_outcome
-        self._requeued: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # Per object: the requeue still waiting, and when (monotonic clock) it is due.
+        self._requeued: dict[tuple[str, str], tuple[asyncio.Task[None], float]] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._closed = False
         self._settings = settings
@@ -196,14 +217,22 @@ class Reconciler:
             self._queued.discard(key)
 
     def requeue(self, name: str, namespace: str, delay: float) -> None:
-        """Reconciles again after `delay` seconds (once, however often it is asked meanwhile).
+        """Reconciles again after `delay` seconds (once, however often it is asked meanwhile; an
+        earlier request replaces a later one that is still waiting).
 
         A rollout's steps and analysis windows end on the clock rather than on an event; this
         replaces kopf timers, which would put a finalizer on every ModelDeployment.
         """
         key = (namespace, name)
-        if key in self._requeued or self._closed:
+        if self._closed:
             return
+        due = time.monotonic() + delay
+        waiting = self._requeued.get(key)
+        if waiting is not None:
+            if waiting[1] <= due:
+                return
+            # Still asleep (it leaves the table before it reconciles): safe to cancel.
+            waiting[0].cancel()
 
         async def later() -> None:
             await asyncio.sleep(delay)
@@ -220,7 +249,7 @@ class Reconciler:
                 self._on_outcome(*reconciled)
 
         task = asyncio.create_task(later())
-        self._requeued[key] = task
+        self._requeued[key] = (task, due)
         # Kept until done (not only while waiting), so closing cancels a reconcile under way too.
         self._running.add(task)
         task.add_done_callback(self._running.discard)
@@ -308,7 +337,7 @@ class Reconciler:
             served_model=place.stable_model if place is not None else None,
         )
         if decision.status.canary is not None:
-            self.requeue(owner.name, owner.namespace, ROLLOUT_TICK_SECONDS)
+            self.requeue(owner.name, owner.namespace, rollout_wake_up(spec, decision.status, now))
         outcome = await self._write_status(owner, previous, status)
         rollout_events = [
             Event(action.type, action.reason, action.message)

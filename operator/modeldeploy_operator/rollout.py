@@ -66,6 +66,7 @@ __all__ = [
     "StepAnalysis",
     "analysis_window",
     "decide",
+    "next_analysis_at",
     "placement",
     "progress_deadline",
 ]
@@ -229,6 +230,18 @@ def analysis_window(
     if now < end:
         return None
     return AnalysisWindow(revision=canary.revision, step=canary.step, start=start, end=end)
+
+
+def next_analysis_at(spec: ModelDeploymentSpec, status: ModelDeploymentStatus) -> datetime | None:
+    """When the rollout's current analysis window ends (None without a running rollout).
+
+    The reconcile wakes up then, so a failing window is acted on at once rather than at the
+    next periodic tick.
+    """
+    canary = status.canary
+    if canary is None or canary.paused_at is not None:
+        return None
+    return (canary.analysis_started_at or canary.step_started_at) + _step_duration(spec)
 
 
 def _describe(uri: str, version: str | None) -> str:

@@ -204,3 +204,28 @@ def test_status_patches_remove_keys_dropped_inside_nested_objects() -> None:
     after = {"canary": {"weight": 25}, "phase": "Ready"}
     assert merge_patch(before, after) == {"canary": {"pausedAt": None}, "url": None}
     assert merge_patch(after, after) == {}
+
+
+def test_an_earlier_requeue_replaces_a_later_one_still_waiting() -> None:
+    storage = MemoryStorage()
+    model_deployment(storage, SPEC)
+    reconciled: list[str] = []
+
+    async def scenario() -> None:
+        typed: KubeStorage = storage  # type: ignore[assignment]
+        service = Reconciler(
+            typed,
+            OperatorSettings(server_image="registry.invalid/server:1"),
+            PrometheusClient(httpx.AsyncClient()),
+            clock=lambda: NOW,
+            on_outcome=lambda body, outcome: reconciled.append(body["metadata"]["name"]),
+        )
+        service.requeue("iris", "ml", 30)
+        service.requeue("iris", "ml", 0.05)
+        service.requeue("iris", "ml", 10)  # later than the one waiting: ignored
+        await asyncio.sleep(2)
+        service.close()
+
+    run(scenario())
+    # Only the 0.05 s request could have run within two seconds, and it ran once.
+    assert reconciled == ["iris"]
