@@ -129,14 +129,13 @@ def _printer_columns() -> list[dict[str, Any]]:
             '.status.conditions[?(@.type=="Ready")].status',
             "Whether the stable model serves with all its replicas available.",
         ),
-        column("Model", "string", ".spec.model.uri", "The model the spec asks for."),
-        column("Version", "string", ".status.stable.version", "Version of the stable model."),
-        column(
-            "Canary", "string", ".status.canary.version", "Version of the model being rolled out.", priority=1
-        ),
+        # Versions from the status, not the spec: after a rollback the spec still names the rejected model.
+        column("Stable", "string", ".status.stable.version", "Version of the model serving as stable."),
+        column("Canary", "string", ".status.canary.version", "Version of the model being rolled out."),
         column("Weight", "integer", ".status.canary.weight", "Percentage of traffic the canary receives."),
         column("Phase", "string", ".status.phase", "One-word summary of the status."),
-        column("URL", "string", ".status.url", "In-cluster URL of the model."),
+        column("Model", "string", ".spec.model.uri", "The model the spec asks for.", priority=1),
+        column("URL", "string", ".status.url", "In-cluster URL of the model.", priority=1),
         column("Age", "date", ".metadata.creationTimestamp", "Time since creation."),
     ]
 

@@ -603,7 +603,7 @@ class ModelDeploymentSpec(CamelModel):
 
 
 class Condition(CamelModel):
-    """A condition in the Kubernetes convention (kstatus: Ready, Progressing, Stalled)."""
+    """A condition in the Kubernetes convention (kstatus: Ready, Progressing, Reconciling, Stalled)."""
 
     type: Annotated[str, Field(max_length=64)]
     """Kind of condition."""
@@ -797,7 +797,7 @@ class ModelDeploymentStatus(CamelModel):
         max_length=16,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
-    """Ready, Progressing and Stalled, in the kstatus conventions."""
+    """Ready, Progressing, Reconciling (a Deployment or a canary rollout in progress) and Stalled, in the kstatus conventions."""
 
     phase: Literal["Pending", "Progressing", "Ready", "Stalled", "Failed"] | None = None
     """One-word summary of the conditions."""

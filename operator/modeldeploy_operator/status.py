@@ -2,7 +2,9 @@
 
 The conditions follow kstatus, so `kubectl wait --for=condition=Ready`, Argo CD
 and Flux understand them: `Ready` only when the stable Deployment has rolled out
-completely, `Progressing` while it rolls, `Stalled` when it cannot finish. A
+completely, `Progressing` while it rolls, `Stalled` when it cannot finish, and
+`Reconciling` (the condition kstatus and so Flux wait on) while either the stable
+Deployment rolls or a canary rollout runs. A
 condition's lastTransitionTime changes only with its status, so a reconcile that
 observes nothing new produces a status equal to the previous one and writes nothing.
 """
@@ -262,6 +264,17 @@ def compute_status(
     deadline = parse_duration(spec.progress_deadline)
     verdict = _judge_deployment(deployment, pod_problems, before, generation, now, deadline)
     progressing = not (verdict.ready or verdict.stalled)
+    # A canary rollout is work in progress too, though the stable model serves throughout;
+    # Progressing keeps to the stable Deployment, whose progress deadline it times.
+    canary = before.canary
+    reconciling_reason, reconciling_message = verdict.reason, verdict.message
+    if canary is not None and not verdict.stalled:
+        reconciling_reason = "CanaryRollout"
+        reconciling_message = (
+            f"Rolling out model {canary.uri}"
+            + (f" (version {canary.version})" if canary.version else "")
+            + f" as a canary: step {canary.step + 1} of {len(spec.rollout.steps)}, {canary.weight}% of traffic"
+        )
     conditions = _conditions(
         before,
         generation,
@@ -269,14 +282,20 @@ def compute_status(
         [
             ("Ready", verdict.ready, verdict.reason, verdict.message),
             ("Progressing", progressing, verdict.reason, verdict.message),
+            (
+                "Reconciling",
+                progressing or (canary is not None and not verdict.stalled),
+                reconciling_reason,
+                reconciling_message,
+            ),
             ("Stalled", verdict.stalled, verdict.reason, verdict.message),
         ],
     )
     phase: Phase
-    if verdict.ready:
-        phase = "Ready"
-    elif verdict.stalled:
+    if verdict.stalled:
         phase = "Stalled"
+    elif verdict.ready and canary is None:
+        phase = "Ready"
     else:
         phase = "Progressing" if before.stable is not None else "Pending"
     stable = before.stable
@@ -315,6 +334,7 @@ def invalid_spec_status(
         [
             ("Ready", False, "InvalidSpec", message),
             ("Progressing", False, "InvalidSpec", message),
+            ("Reconciling", False, "InvalidSpec", message),
             ("Stalled", True, "InvalidSpec", message),
         ],
     )

@@ -107,7 +107,9 @@ def test_scale_subresource_paths_exist_with_the_right_types() -> None:
 
 def test_printer_columns_point_at_existing_fields() -> None:
     columns = {column["name"]: column for column in VERSION["additionalPrinterColumns"]}
-    assert list(columns) == ["Ready", "Model", "Version", "Canary", "Weight", "Phase", "URL", "Age"]
+    assert list(columns) == ["Ready", "Stable", "Canary", "Weight", "Phase", "Model", "URL", "Age"]
+    # `kubectl get md` shows the rollout without -o wide; the spec's URI and the URL are wide only.
+    assert [name for name, column in columns.items() if column.get("priority")] == ["Model", "URL"]
     for column in columns.values():
         path = column["jsonPath"]
         if path.startswith(".metadata") or "[?" in path:

@@ -76,7 +76,12 @@ def states(result: dict[str, Any]) -> dict[str, str]:
 
 def test_before_the_deployment_exists_it_is_pending() -> None:
     result = status(None)
-    assert states(result) == {"Ready": "False", "Progressing": "True", "Stalled": "False"}
+    assert states(result) == {
+        "Ready": "False",
+        "Progressing": "True",
+        "Reconciling": "True",
+        "Stalled": "False",
+    }
     assert result["phase"] == "Pending"
     assert conditions(result)["Ready"]["reason"] == "DeploymentMissing"
     assert result["url"] == "http://iris.ml.svc.cluster.local"
@@ -87,7 +92,12 @@ def test_before_the_deployment_exists_it_is_pending() -> None:
 
 def test_available_deployment_is_ready_and_becomes_the_stable_model() -> None:
     result = status(deployment())
-    assert states(result) == {"Ready": "True", "Progressing": "False", "Stalled": "False"}
+    assert states(result) == {
+        "Ready": "True",
+        "Progressing": "False",
+        "Reconciling": "False",
+        "Stalled": "False",
+    }
     assert result["phase"] == "Ready"
     assert result["observedGeneration"] == 1
     assert all(condition["observedGeneration"] == 1 for condition in result["conditions"])
@@ -127,7 +137,12 @@ def test_rolling_deployment_is_progressing() -> None:
     ]
     for observed, message in cases:
         result = status(observed)
-        assert states(result) == {"Ready": "False", "Progressing": "True", "Stalled": "False"}
+        assert states(result) == {
+            "Ready": "False",
+            "Progressing": "True",
+            "Reconciling": "True",
+            "Stalled": "False",
+        }
         assert conditions(result)["Progressing"]["message"] == message
 
 
@@ -144,7 +159,12 @@ def test_deployment_progress_deadline_stalls() -> None:
         "message": 'ReplicaSet "iris-stable-abc" has timed out progressing.',
     }
     result = status(deployment(updated=1, available=1, conditions=[exceeded]))
-    assert states(result) == {"Ready": "False", "Progressing": "False", "Stalled": "True"}
+    assert states(result) == {
+        "Ready": "False",
+        "Progressing": "False",
+        "Reconciling": "False",
+        "Stalled": "True",
+    }
     assert result["phase"] == "Stalled"
     assert "timed out" in conditions(result)["Stalled"]["message"]
 
@@ -189,14 +209,24 @@ def test_stalled_stays_until_ready_or_a_new_generation() -> None:
     between_crashes = status(deployment(available=0), previous=stalled, now=NOW + timedelta(seconds=30))
     assert between_crashes == stalled
     recovered = status(deployment(), previous=between_crashes, now=NOW + timedelta(minutes=1))
-    assert states(recovered) == {"Ready": "True", "Progressing": "False", "Stalled": "False"}
+    assert states(recovered) == {
+        "Ready": "True",
+        "Progressing": "False",
+        "Reconciling": "False",
+        "Stalled": "False",
+    }
     fixed = status(
         deployment(generation=2, observed=2, available=0),
         previous=between_crashes,
         generation=2,
         now=NOW + timedelta(minutes=1),
     )
-    assert states(fixed) == {"Ready": "False", "Progressing": "True", "Stalled": "False"}
+    assert states(fixed) == {
+        "Ready": "False",
+        "Progressing": "True",
+        "Reconciling": "True",
+        "Stalled": "False",
+    }
 
 
 def test_a_new_generation_restarts_the_progress_clock() -> None:
@@ -288,7 +318,38 @@ def test_fields_owned_by_the_rollout_are_carried_over() -> None:
     result = status(deployment(), previous=previous)
     assert result["canary"] == previous["canary"]
     assert result["history"] == previous["history"]
-    assert status_patch(previous, result) is None
+    # Observed again with nothing new: nothing to write.
+    assert status_patch(result, status(deployment(), previous=result)) is None
+
+
+def test_a_canary_rollout_is_progress_that_kstatus_and_kubectl_get_show() -> None:
+    previous = status(deployment())
+    previous["canary"] = {
+        "uri": "s3://models/iris/2.skops",
+        "version": "2",
+        "revision": "abc",
+        "weight": 10,
+        "step": 0,
+        "stepStartedAt": "2026-11-27T11:59:00Z",
+    }
+    result = status(deployment(), previous=previous)
+    # The stable model serves all along: Ready. Flux (kstatus) waits on Reconciling.
+    assert states(result) == {
+        "Ready": "True",
+        "Progressing": "False",
+        "Reconciling": "True",
+        "Stalled": "False",
+    }
+    reconciling = conditions(result)["Reconciling"]
+    assert reconciling["reason"] == "CanaryRollout"
+    assert "version 2" in reconciling["message"] and "step 1 of" in reconciling["message"]
+    assert "10% of traffic" in reconciling["message"]
+    assert result["phase"] == "Progressing"
+
+    del result["canary"]
+    finished = status(deployment(), previous=result)
+    assert states(finished)["Reconciling"] == "False"
+    assert finished["phase"] == "Ready"
 
 
 def test_unreadable_previous_status_is_rebuilt() -> None:
@@ -308,7 +369,12 @@ def test_invalid_spec_fails_but_keeps_what_serves() -> None:
     )
     assert result["phase"] == "Failed"
     assert result["observedGeneration"] == 2
-    assert states(result) == {"Ready": "False", "Progressing": "False", "Stalled": "True"}
+    assert states(result) == {
+        "Ready": "False",
+        "Progressing": "False",
+        "Reconciling": "False",
+        "Stalled": "True",
+    }
     assert conditions(result)["Stalled"]["reason"] == "InvalidSpec"
     assert conditions(result)["Stalled"]["message"] == "spec.model.uri: unsupported"
     assert result["stable"] == ready["stable"]
