@@ -289,11 +289,11 @@ class ServerStandIns:
         with self._lock:
             return {variant: server.url for variant, (_, server) in self._running.items()}
 
-    def running_model(self, variant: str) -> str | None:
-        """The model directory the variant's process serves from, if one runs."""
+    def running_version(self, variant: str) -> str | None:
+        """The model version the variant's process serves, if one runs ("" for a model without one)."""
         with self._lock:
             entry = self._running.get(variant)
-            return entry[1].settings.get("MODEL_DIR") if entry else None
+            return entry[1].settings.get("MODEL_VERSION", "") if entry else None
 
     def sync(self) -> None:
         """Starts and stops processes so that each Deployment with pods has exactly one."""
@@ -512,4 +512,5 @@ class WeightedLoad:
 
     def stop(self) -> None:
         self._stopped.set()
-        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)

@@ -23,16 +23,15 @@ import pytest
 
 from kube_helpers import wait_until
 from modeldeploy_localcluster.cluster import LocalCluster
+from modeldeploy_localcluster.iris_models import v2_inference_payloads
+from modeldeploy_localcluster.local_operator import metric_total
 from modeldeploy_localcluster.standins import PrometheusProcess, ServerStandIns, WeightedLoad
 from operator_harness import OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
 # One row of each iris class, one row per request: a good model spreads its answers over all three.
-ROWS = [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [7.7, 3.0, 6.1, 2.3]]
-PAYLOADS = [
-    {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [row]}]} for row in ROWS
-]
+PAYLOADS = v2_inference_payloads()
 REQUESTS_PER_SECOND = 30
 STEP_SECONDS = 8
 
@@ -155,14 +154,6 @@ def deployment_model(cluster: LocalCluster, namespace: str, name: str) -> str | 
     return str(args[args.index("--uri") + 1])
 
 
-def metric_value(metrics: str, metric: str, **labels: str) -> float:
-    """The value of one series in Prometheus' text format, 0 when it is absent."""
-    for line in metrics.splitlines():
-        if line.startswith(metric + "{") and all(f'{key}="{value}"' in line for key, value in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 class CanaryRecorder:
     """Samples the status' canary twice a second, to see every step a rollout went through."""
 
@@ -201,8 +192,8 @@ def test_a_good_model_is_promoted_step_by_step_and_a_different_one_rolled_back(
     assert deployment_model(cluster, namespace, "iris-stable") == iris_models["v1-retrained"].as_uri()
     wait_until(lambda: deployment_model(cluster, namespace, "iris-canary") is None, "the canary to go")
     wait_until(
-        lambda: rollouts.stand_ins.running_model("stable") is not None
-        and rollouts.stand_ins.running_model("canary") is None,
+        lambda: rollouts.stand_ins.running_version("stable") == "v2"
+        and rollouts.stand_ins.running_version("canary") is None,
         "the stand-ins to follow the promotion",
     )
 
@@ -218,13 +209,13 @@ def test_a_good_model_is_promoted_step_by_step_and_a_different_one_rolled_back(
 
     metrics = operator.metrics()
     finished = "modeldeploy_operator_rollouts_finished_total"
-    assert metric_value(metrics, finished, namespace=namespace, name="iris", outcome="promoted") == 1
-    assert metric_value(metrics, finished, namespace=namespace, name="iris", outcome="rolledBack") == 1
+    assert metric_total(metrics, finished, namespace=namespace, name="iris", outcome="promoted") == 1
+    assert metric_total(metrics, finished, namespace=namespace, name="iris", outcome="rolledBack") == 1
     checks = "modeldeploy_operator_analysis_checks_total"
-    assert metric_value(metrics, checks, namespace=namespace, check="predictionShift", verdict="pass") >= 2
-    assert metric_value(metrics, checks, namespace=namespace, check="predictionShift", verdict="fail") >= 1
+    assert metric_total(metrics, checks, namespace=namespace, check="predictionShift", verdict="pass") >= 2
+    assert metric_total(metrics, checks, namespace=namespace, check="predictionShift", verdict="fail") >= 1
     assert (
-        metric_value(metrics, "modeldeploy_operator_rollout_canary_weight_percent", namespace=namespace) == 0
+        metric_total(metrics, "modeldeploy_operator_rollout_canary_weight_percent", namespace=namespace) == 0
     )
 
 

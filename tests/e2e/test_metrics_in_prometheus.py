@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from modeldeploy_localcluster.iris_models import IRIS_ROWS
 from modeldeploy_localcluster.standins import ModelServer, PrometheusProcess, send_load
 from modeldeploy_serving import metric_names as names
 
 pytestmark = pytest.mark.e2e
 
 # Rows that a good iris classifier spreads over all three classes.
-ROWS = [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [7.7, 3.0, 6.1, 2.3]]
-PAYLOAD = {"inputs": [{"name": "input-0", "shape": [3, 4], "datatype": "FP64", "data": ROWS}]}
+PAYLOAD = {"inputs": [{"name": "input-0", "shape": [3, 4], "datatype": "FP64", "data": IRIS_ROWS}]}
 
 
 def test_prometheus_sees_each_variant_with_its_traffic_and_predictions(
