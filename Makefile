@@ -12,8 +12,9 @@ install: $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 
-# Builds the control plane once (cached under ~/.cache/modeldeploy), then runs the demo.
-demo: install
+# Builds the control plane once (cached under ~/.cache/modeldeploy), then runs the demo
+# (Prometheus, from Debian, judges its rollouts).
+demo: install system-deps
 	$(BIN)/modeldeploy-localcluster demo
 
 lint: install
@@ -22,7 +23,7 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# Debian packages the tests run (Prometheus, Lua); installs only what is missing.
+# Debian packages the demo and the tests run (Prometheus, Lua); installs only what is missing.
 system-deps:
 	bash scripts/install-system-deps.sh
 

@@ -41,6 +41,7 @@ PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 SERVER = str(Path(sys.executable).parent / "modeldeploy-server")
 SCRAPE_INTERVAL_SECONDS = 1
 VARIANTS = ("stable", "canary")
+DRAIN_SECONDS = 1.5
 # The environment the operator gives the server container, which a stand-in must replace.
 SERVER_ENV_PREFIX = "MODELDEPLOY_SERVER_"
 
@@ -351,6 +352,9 @@ class ServerStandIns:
             if entry is not None:
                 self._running[variant] = entry
         if old is not None:
+            # Requests already on their way to the old process get their answers, as a pod's
+            # grace period gives them; the load picks the new address up within a second.
+            time.sleep(DRAIN_SECONDS)
             old[1].stop()
             self.prometheus.forget(old[1].address)
 
