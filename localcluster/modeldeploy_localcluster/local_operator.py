@@ -78,11 +78,11 @@ class LocalOperator:
                 self.process.wait()
 
 
-def metric_total(metrics: str, name: str, **labels: str) -> float:
+def metric_total(metrics: str, metric: str, **labels: str) -> float:
     """The sum of a metric's series (in Prometheus' text format) whose labels include `labels`."""
     total = 0.0
     for line in metrics.splitlines():
-        series = line.startswith(name + "{") or line.startswith(name + " ")
+        series = line.startswith(metric + "{") or line.startswith(metric + " ")
         if series and all(f'{key}="{value}"' in line for key, value in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total

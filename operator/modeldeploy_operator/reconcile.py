@@ -36,6 +36,7 @@ from modeldeploy_operator.kube import KubernetesError, KubeStorage, Manifest
 from modeldeploy_operator.metrics import METRICS, OperatorMetrics
 from modeldeploy_operator.prometheus import PrometheusClient, PrometheusError
 from modeldeploy_operator.rollout import (
+    CanaryPods,
     EmitEvent,
     StepAnalysis,
     analysis_window,
@@ -48,6 +49,7 @@ from modeldeploy_operator.spec import ModelDeploymentSpec, ModelDeploymentStatus
 from modeldeploy_operator.status import (
     compute_status,
     invalid_spec_status,
+    observe_canary_pods,
     status_patch,
     summarize_pod_problems,
 )
@@ -307,7 +309,10 @@ class Reconciler:
         current = _parse_status(previous)
         analysis = await self._analyse(owner, spec, current, now)
         annotations = body["metadata"].get("annotations") or {}
-        decision = decide(spec, current, now, analysis=analysis, annotations=annotations)
+        canary_pods = await self._observe_canary(owner) if current.canary is not None else None
+        decision = decide(
+            spec, current, now, analysis=analysis, annotations=annotations, canary_pods=canary_pods
+        )
         self._metrics.observe_rollout(owner.namespace, owner.name, current, decision.status, analysis)
         place = placement(spec, decision.status)
 
@@ -346,6 +351,20 @@ class Reconciler:
         ]
         outcome.events[:0] = rollout_events
         return outcome
+
+    async def _observe_canary(self, owner: Owner) -> CanaryPods | None:
+        deployment = await self._storage.get(
+            "apps/v1", "Deployment", deployment_name(owner.name, "canary"), owner.namespace
+        )
+        if deployment is None:
+            return None
+        pods = await self._storage.list_objects(
+            "v1",
+            "Pod",
+            owner.namespace,
+            {LABEL_NAME: SERVER_APP_NAME, LABEL_INSTANCE: owner.name, LABEL_VARIANT: "canary"},
+        )
+        return observe_canary_pods(deployment, pods)
 
     async def _analyse(
         self, owner: Owner, spec: ModelDeploymentSpec, status: ModelDeploymentStatus, now: datetime

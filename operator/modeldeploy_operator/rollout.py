@@ -56,6 +56,7 @@ __all__ = [
     "HISTORY_LIMIT",
     "Action",
     "AnalysisWindow",
+    "CanaryPods",
     "Decision",
     "EmitEvent",
     "Placement",
@@ -159,6 +160,15 @@ class StepAnalysis:
 
     window: AnalysisWindow
     checks: tuple[CheckResult, ...]
+
+
+@dataclass(frozen=True)
+class CanaryPods:
+    """The canary Deployment's pods as the reconcile observed them, for the model `revision`."""
+
+    revision: str
+    ready: bool
+    problem: str = ""
 
 
 @dataclass(frozen=True)
@@ -411,6 +421,27 @@ class _Machine:
             )
             self.emit("Normal", "RolloutResumed", f"Resumed at {self.step_label(canary.step)}")
 
+    # Waiting for the canary's pods.
+
+    def follow_canary_pods(self, pods: CanaryPods | None) -> None:
+        """Holds the first analysis window until the canary's pods are ready; rolls back when they
+        cannot run (a model that cannot be fetched or loaded, a crash loop)."""
+        canary = self.status.canary
+        if pods is None or canary is None or canary.paused_at is not None or pods.revision != canary.revision:
+            return
+        if pods.problem:
+            self.reject(
+                "rolledBack",
+                "CanaryPodsFailing",
+                f"The canary's pods cannot run at {self.step_label(canary.step)}: {pods.problem}",
+            )
+        elif canary.pods_ready_at is None:
+            # Until they are ready the window keeps starting now: it ends a step's length after they are.
+            if pods.ready:
+                self.update_canary(pods_ready_at=self.now, analysis_started_at=self.now)
+            elif canary.analysis_started_at != self.now:
+                self.update_canary(analysis_started_at=self.now)
+
     # Judging the analysis.
 
     def judge(self, analysis: StepAnalysis | None) -> None:
@@ -470,11 +501,13 @@ class _Machine:
         if canary is None or canary.paused_at is not None:
             return
         if self.now > progress_deadline(self.spec, canary):
+            waited_for_pods = canary.pods_ready_at is None and canary.analysis_started_at == self.now
             self.reject(
                 "rolledBack",
                 "ProgressDeadlineExceeded",
                 f"{self.step_label(canary.step, first=True)} ran longer than the progress deadline of"
-                f" {self.spec.rollout.progress_deadline} without a verdict",
+                f" {self.spec.rollout.progress_deadline} without a verdict"
+                + (": the canary's pods never became ready" if waited_for_pods else ""),
             )
 
     # Transitions.
@@ -596,12 +629,14 @@ def decide(
     *,
     analysis: StepAnalysis | None = None,
     annotations: Mapping[str, str] | None = None,
+    canary_pods: CanaryPods | None = None,
 ) -> Decision:
     """The next status and actions of a ModelDeployment's rollout.
 
     `now` is timezone-aware; it is cut to whole seconds, as the API server keeps timestamps.
     `analysis` is the evaluation of the window `analysis_window` reported due (any other is
-    ignored as stale); `annotations` are the object's metadata.annotations. Until the stable
+    ignored as stale); `annotations` are the object's metadata.annotations; `canary_pods` is the
+    canary's pods as observed (None: not observed, windows run from the step's start). Until the stable
     model exists (status.stable), there is nothing to roll out and nothing changes.
     """
     now = now.astimezone(UTC).replace(microsecond=0)
@@ -613,6 +648,7 @@ def decide(
     machine.follow_spec()
     machine.handle_requests(annotations)
     machine.follow_pause(annotations.get(ANNOTATION_PAUSED, "").strip().lower() == "true")
+    machine.follow_canary_pods(canary_pods)
     machine.judge(analysis)
     machine.check_deadline()
     after = placement(spec, machine.status)

@@ -716,6 +716,10 @@ class CanaryStatus(CamelModel):
     paused_at: datetime | None = None
     """When the rollout was paused through the modeldeploy.io/paused annotation; unset while it runs."""
 
+    pods_ready_at: datetime | None = None
+    """When the canary's pods were first seen all ready; until then the analysis window waits for them,
+    as a window needs requests the canary answered."""
+
     failures: Annotated[int, Field(ge=0)] = 0
     """Failed analysis windows so far."""
 

@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from .builders import Manifest, label_selector, service_name
+from .builders import MODEL_REVISION_ANNOTATION, Manifest, label_selector, service_name
+from .rollout import CanaryPods
 from .spec import (
     Condition,
     ModelDeploymentSpec,
@@ -233,6 +234,25 @@ def _stable_model(previous: StableModel | None, model: ModelSource, now: datetim
     if previous is not None and previous.model_copy(update={"since": now}) == current:
         return previous
     return current
+
+
+def observe_canary_pods(
+    deployment: Mapping[str, Any] | None, pods: Iterable[Mapping[str, Any]]
+) -> CanaryPods | None:
+    """The canary's pods as the rollout machine needs them: ready, or why they cannot run.
+
+    None without a canary Deployment. The model it runs is read from its pod template, so pods
+    of a canary being replaced are never taken for the new one's.
+    """
+    if deployment is None:
+        return None
+    template = deployment.get("spec", {}).get("template", {}).get("metadata", {})
+    revision = (template.get("annotations") or {}).get(MODEL_REVISION_ANNOTATION, "")
+    problems = summarize_pod_problems(pods)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return CanaryPods(revision, ready=False, problem=problems[0].describe() + more)
+    return CanaryPods(revision, ready=_judge_rollout(deployment).ready)
 
 
 def _dump(status: ModelDeploymentStatus) -> Manifest:

@@ -389,3 +389,59 @@ def test_a_model_that_cannot_be_fetched_is_reported_stalled_with_the_error(
     assert "fetch-model" in message and "403 Forbidden from s3://models/iris" in message
     warnings = cluster.kubectl("get", "events", "-n", namespace, "--field-selector", "type=Warning")
     assert "403 Forbidden" in warnings
+
+
+def test_a_canary_whose_model_cannot_be_fetched_is_rolled_back_with_the_fetch_error(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    """The rollout waits for the canary's pods; the fetch failure a kubelet would report on one of
+    them ends the rollout at once, with the error in the status."""
+    rollout = {
+        "steps": [25, 50],
+        "stepDuration": "10m",
+        "analysis": {"prometheusAddress": "http://127.0.0.1:9"},
+    }
+    apply(cluster, namespace, iris(rollout=rollout))
+    wait_ready(cluster, namespace)
+    canary_model = {"uri": "s3://models/iris/2.0.0/model.skops", "version": "2.0.0"}
+    apply(cluster, namespace, iris(rollout=rollout, model=canary_model))
+
+    def canary_pods() -> list[str]:
+        found = cluster.kubectl(
+            "get", "pods", "-n", namespace, "-l", "modeldeploy.io/variant=canary", "-o", "name"
+        )
+        return found.split()
+
+    wait_until(lambda: bool(canary_pods()), "a canary pod")
+    # The status is written after the children are applied: the pods may be there first.
+    wait_until(
+        lambda: "canary" in (get(cluster, namespace, "modeldeployment", "iris") or {})["status"],
+        "the rollout in the status",
+    )
+    wait_until(
+        lambda: "podsReadyAt"
+        in (get(cluster, namespace, "modeldeployment", "iris") or {})["status"]["canary"],
+        "the operator to see the canary's pods ready",
+    )
+
+    cluster.kubectl(
+        "patch",
+        canary_pods()[0],
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(FETCH_FAILED),
+    )
+
+    wait_until(
+        lambda: "canary" not in (get(cluster, namespace, "modeldeployment", "iris") or {})["status"],
+        "the rollback",
+    )
+    status = (get(cluster, namespace, "modeldeployment", "iris") or {})["status"]
+    assert status["rejected"]["reason"] == "CanaryPodsFailing"
+    assert "403 Forbidden from s3://models/iris" in status["rejected"]["message"]
+    assert status["stable"]["version"] == "1.0.0"
+    assert condition({"status": status}, "Ready")["status"] == "True"
+    wait_until(lambda: not canary_pods(), "the canary pods to go")
