@@ -117,10 +117,23 @@ def _condition(status: Mapping[str, Any] | None, kind: str, key: str = "status")
     return ""
 
 
+# Ready False for these reasons is the stable Deployment catching up with a change (a resize
+# while a canary runs, say), not news when it is Ready again with the same model.
+_ROUTINE_NOT_READY = frozenset({"DeploymentUpdating", "RollingOut"})
+
+
 def transition_events(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -> list[Event]:
-    """Events for the condition changes people care about: became Ready, became Stalled."""
+    """Events for the changes people care about: a model became Ready (a new one, or one that
+    was failing or missing), the ModelDeployment became Stalled."""
     events = []
-    if _condition(current, "Ready") == "True" and _condition(previous, "Ready") != "True":
+    serving_again = (previous or {}).get("stable") == current.get("stable") and _condition(
+        previous, "Ready", "reason"
+    ) in _ROUTINE_NOT_READY
+    if (
+        _condition(current, "Ready") == "True"
+        and _condition(previous, "Ready") != "True"
+        and not serving_again
+    ):
         stable = current.get("stable", {})
         events.append(
             Event(

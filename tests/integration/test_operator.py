@@ -443,5 +443,6 @@ def test_a_canary_whose_model_cannot_be_fetched_is_rolled_back_with_the_fetch_er
     assert status["rejected"]["reason"] == "CanaryPodsFailing"
     assert "403 Forbidden from s3://models/iris" in status["rejected"]["message"]
     assert status["stable"]["version"] == "1.0.0"
-    assert condition({"status": status}, "Ready")["status"] == "True"
     wait_until(lambda: not canary_pods(), "the canary pods to go")
+    # The stable Deployment grows back to its full size.
+    wait_ready(cluster, namespace)

@@ -18,7 +18,7 @@ import yaml
 
 from modeldeploy_operator.kube import KubeStorage
 from modeldeploy_operator.prometheus import PrometheusClient
-from modeldeploy_operator.reconcile import Reconciler
+from modeldeploy_operator.reconcile import Reconciler, transition_events
 from modeldeploy_operator.settings import OperatorSettings
 from modeldeploy_operator.status import merge_patch
 
@@ -229,3 +229,19 @@ def test_an_earlier_requeue_replaces_a_later_one_still_waiting() -> None:
     run(scenario())
     # Only the 0.05 s request could have run within two seconds, and it ran once.
     assert reconciled == ["iris"]
+
+
+def test_ready_again_after_a_resize_is_no_news_but_a_new_model_or_a_recovery_is() -> None:
+    stable = {"uri": "s3://models/iris/1.skops", "version": "1"}
+
+    def status(ready: str, reason: str, model: dict[str, str] = stable) -> dict[str, Any]:
+        return {"stable": model, "conditions": [{"type": "Ready", "status": ready, "reason": reason}]}
+
+    ready = status("True", "Available")
+    assert transition_events(status("False", "RollingOut"), ready) == []
+    assert transition_events(status("False", "DeploymentUpdating"), ready) == []
+    recovered = transition_events(status("False", "PodsFailing"), ready)
+    assert [event.reason for event in recovered] == ["Ready"]
+    newer = transition_events(status("False", "RollingOut", {"uri": "s3://models/iris/0.skops"}), ready)
+    assert [event.reason for event in newer] == ["Ready"]
+    assert [event.reason for event in transition_events(None, ready)] == ["Ready"]
