@@ -69,7 +69,11 @@ class Bench:
         executable = Path(sys.executable).parent / "modeldeploy-operator"
         with self.log.open("wb") as log:
             self.operator = subprocess.Popen(
-                [str(executable), f"--liveness=http://127.0.0.1:{free_port()}/healthz"],
+                [
+                    str(executable),
+                    f"--liveness=http://127.0.0.1:{free_port()}/healthz",
+                    f"--metrics=127.0.0.1:{free_port()}",
+                ],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -615,14 +615,14 @@ tests:
           - exp_labels: {severity: warning, team: ml-platform, namespace: ml, name: iris}
             exp_annotations:
               summary: The rollout of ml/iris was rolled back
-              description: "A canary rollout of ModelDeployment iris in namespace ml was rolled back within the last 30m: a step's analysis failed, found no verdict too often, or outlived the progress deadline. The stable model serves all traffic again; the rejected one is not rolled out again until the spec names another model or `modeldeploy retry iris` asks for it. `kubectl describe modeldeployment` shows why (status.history and the Events)."
+              description: "A canary rollout of ModelDeployment iris in namespace ml was rolled back within the last 30m: a step's analysis failed, found no verdict too often or outlived the progress deadline, or the canary's pods could not run. The stable model serves all traffic again; the rejected one is not rolled out again until the spec names another model or `modeldeploy retry iris` asks for it. `kubectl describe modeldeployment` shows why (status.history and the Events)."
       - eval_time: 45m
         alertname: ModelDeployRolledBack
         exp_alerts:
           - exp_labels: {severity: warning, team: ml-platform, namespace: ml, name: wine}
             exp_annotations:
               summary: The rollout of ml/wine was rolled back
-              description: "A canary rollout of ModelDeployment wine in namespace ml was rolled back within the last 30m: a step's analysis failed, found no verdict too often, or outlived the progress deadline. The stable model serves all traffic again; the rejected one is not rolled out again until the spec names another model or `modeldeploy retry wine` asks for it. `kubectl describe modeldeployment` shows why (status.history and the Events)."
+              description: "A canary rollout of ModelDeployment wine in namespace ml was rolled back within the last 30m: a step's analysis failed, found no verdict too often or outlived the progress deadline, or the canary's pods could not run. The stable model serves all traffic again; the rejected one is not rolled out again until the spec names another model or `modeldeploy retry wine` asks for it. `kubectl describe modeldeployment` shows why (status.history and the Events)."
       - eval_time: 75m
         alertname: ModelDeployRolledBack
         exp_alerts: []
