@@ -101,6 +101,22 @@ def _parse_status(raw: Mapping[str, Any] | None) -> ModelDeploymentStatus:
         return ModelDeploymentStatus()
 
 
+def holds_fields(stored: Any, wanted: Any) -> bool:
+    """Whether `stored` has every field of `wanted` with the same value; fields only `stored` has
+    (defaults, status, other managers' fields) do not matter. Lists must match item by item."""
+    if isinstance(wanted, Mapping):
+        return isinstance(stored, Mapping) and all(
+            key in stored and holds_fields(stored[key], value) for key, value in wanted.items()
+        )
+    if isinstance(wanted, list):
+        return (
+            isinstance(stored, list)
+            and len(stored) == len(wanted)
+            and all(holds_fields(item, wanted_item) for item, wanted_item in zip(stored, wanted, strict=True))
+        )
+    return bool(stored == wanted)
+
+
 def validation_message(error: ValidationError) -> str:
     """One line per problem, each naming the field as a path under spec."""
     problems = []
@@ -190,9 +206,12 @@ class Reconciler:
         self._applied: dict[tuple[str, str, str], tuple[str, str]] = {}
 
     async def _apply(self, child: Manifest) -> Manifest:
-        """Applies a child unless it is exactly as we last applied it and nobody changed it since.
+        """Applies a child unless it is exactly as we last applied it and still holds every field
+        we set (only its status, or fields of other managers, changed since).
 
-        An idle reconcile then reads its children but writes nothing, not even a no-op apply.
+        An idle reconcile then reads its children but writes nothing, not even a no-op apply, and
+        neither does one after the controllers updated a Deployment's status. A child whose
+        desired form changed is always applied, so fields we stopped setting are removed.
         """
         metadata = child["metadata"]
         key = (child["kind"], metadata["namespace"], metadata["name"])
@@ -202,7 +221,9 @@ class Reconciler:
             current = await self._storage.get(
                 child["apiVersion"], child["kind"], metadata["name"], metadata["namespace"]
             )
-            if current is not None and current["metadata"]["resourceVersion"] == last[1]:
+            if current is not None and (
+                current["metadata"]["resourceVersion"] == last[1] or holds_fields(current, child)
+            ):
                 return current
         applied = await self._storage.apply(child)
         self._applied[key] = (fingerprint, applied["metadata"]["resourceVersion"])

@@ -18,7 +18,7 @@ import yaml
 
 from modeldeploy_operator.kube import KubeStorage
 from modeldeploy_operator.prometheus import PrometheusClient
-from modeldeploy_operator.reconcile import Reconciler, transition_events
+from modeldeploy_operator.reconcile import Reconciler, holds_fields, transition_events
 from modeldeploy_operator.settings import OperatorSettings
 from modeldeploy_operator.status import merge_patch
 
@@ -144,7 +144,9 @@ def test_a_changed_child_is_applied_again() -> None:
     storage = MemoryStorage()
     service = reconciler(storage)
     run(service.reconcile(model_deployment(storage, SPEC)))
-    storage.objects[("Service", "ml", "iris")]["metadata"]["resourceVersion"] = "edited-by-hand"
+    edited = storage.objects[("Service", "ml", "iris")]
+    edited["metadata"]["resourceVersion"] = "edited-by-hand"
+    edited["spec"]["ports"][0]["port"] = 8080
     first_round = len(storage.writes)
 
     run(service.reconcile(copy.deepcopy(storage.objects[("ModelDeployment", "ml", "iris")])))
@@ -245,3 +247,43 @@ def test_ready_again_after_a_resize_is_no_news_but_a_new_model_or_a_recovery_is(
     newer = transition_events(status("False", "RollingOut", {"uri": "s3://models/iris/0.skops"}), ready)
     assert [event.reason for event in newer] == ["Ready"]
     assert [event.reason for event in transition_events(None, ready)] == ["Ready"]
+
+
+def test_a_child_holds_our_fields_whatever_the_server_and_controllers_added() -> None:
+    wanted = {
+        "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "server", "image": "a"}]}}}
+    }
+    stored = {
+        "metadata": {"resourceVersion": "9"},
+        "spec": {
+            "replicas": 2,
+            "revisionHistoryLimit": 3,
+            "template": {
+                "spec": {"containers": [{"name": "server", "image": "a", "imagePullPolicy": "Always"}]}
+            },
+        },
+        "status": {"readyReplicas": 1},
+    }
+    assert holds_fields(stored, wanted)
+    edited = copy.deepcopy(stored)
+    edited["spec"]["template"]["spec"]["containers"][0]["image"] = "tampered"
+    assert not holds_fields(edited, wanted)
+    extra_container = copy.deepcopy(stored)
+    extra_container["spec"]["template"]["spec"]["containers"].append({"name": "sidecar"})
+    assert not holds_fields(extra_container, wanted)
+    assert not holds_fields({"spec": {}}, wanted)
+
+
+def test_a_status_change_of_a_child_is_no_reason_to_apply_it_again() -> None:
+    storage = MemoryStorage()
+    service = reconciler(storage)
+    run(service.reconcile(model_deployment(storage, SPEC)))
+    # The Deployment controller writes the status: a new resourceVersion, our fields as they were.
+    deployment = storage.objects[("Deployment", "ml", "iris-stable")]
+    deployment["status"]["observedGeneration"] = 2
+    deployment["metadata"]["resourceVersion"] = "999"
+    written = len(storage.writes)
+
+    run(service.reconcile(copy.deepcopy(storage.objects[("ModelDeployment", "ml", "iris")])))
+
+    assert storage.writes[written:] == []
