@@ -7,6 +7,7 @@ API server validates the route objects the operator writes.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from crds import crd_documents, go_module_dir, install_crds
 from kube_helpers import wait_until
 from modeldeploy_localcluster.cluster import LocalCluster
+from modeldeploy_operator.reconcile import ROLLOUT_TICK_SECONDS
 from operator_harness import OperatorProcess, steered_rollout_manifest
 
 pytestmark = pytest.mark.cluster
@@ -100,3 +102,32 @@ def test_route_weights_follow_each_step(
         == "v2",
         "the promoted model to be the stable one",
     )
+
+
+def test_deleting_a_model_deployment_mid_rollout_leaves_nothing_behind(
+    cluster: LocalCluster, operator: OperatorProcess, route_crds: None, namespace: str
+) -> None:
+    traffic = {"provider": "gateway-api", "gateway": {"parentRefs": [{"name": "public"}]}}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=steered_rollout_manifest("v1", traffic))
+    cluster.kubectl("wait", "--for=condition=Ready", "md/iris", "-n", namespace, "--timeout=90s")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=steered_rollout_manifest("v2", traffic))
+    wait_until(
+        lambda: bool(
+            cluster.kubectl(
+                "get", "pods", "-n", namespace, "-l", "modeldeploy.io/variant=canary", "-o", "name"
+            )
+        ),
+        "the canary's pods",
+    )
+
+    cluster.kubectl("delete", "md", "iris", "-n", namespace, "--wait=true")
+
+    def left() -> str:
+        return cluster.kubectl(
+            "get", "deployments,services,pods,httproutes,poddisruptionbudgets", "-n", namespace, "-o", "name"
+        ).strip()
+
+    wait_until(lambda: left() == "", "everything the ModelDeployment owned to go")
+    # Nothing comes back: the rollout's pending wake-up (every 5 s) finds the object gone.
+    time.sleep(ROLLOUT_TICK_SECONDS + 2)
+    assert left() == "", left()
