@@ -205,6 +205,15 @@ class Demo:
         self.say(f"requests during this rollout, by variant and status code: {self.traffic_since(before)}")
         return self.status()
 
+    def expect_outcome(self, status: dict[str, Any], expected: str) -> None:
+        last = status["history"][0]
+        self.say(f"outcome: {last['outcome']}: {last.get('message', '')}")
+        if last["outcome"] != expected:
+            raise ClusterError(
+                f"demo: expected this rollout to end {expected}, it ended {last['outcome']} ({last.get('message', '')});"
+                f" operator log: {self.operator.log}"
+            )
+
     def run(self) -> None:
         install_crds(self.cluster, self.repo)
         self.prometheus.start()
@@ -234,7 +243,7 @@ class Demo:
             "1.1.0",
             "2. version 1.1.0, the same classifier retrained: every check passes, step after step",
         )
-        self.say(f"outcome: {promoted['history'][0]['outcome']}: {promoted['history'][0].get('message', '')}")
+        self.expect_outcome(promoted, "promoted")
         self.wait_for(
             lambda: self.stand_ins.running_version("stable") == "1.1.0",
             "the stable pods to run 1.1.0",
@@ -245,7 +254,7 @@ class Demo:
             "2.0.0",
             "3. version 2.0.0 lost a class when it was exported: it fails a third of its requests",
         )
-        self.say(f"outcome: {rejected['history'][0]['outcome']}: {rejected['history'][0].get('message', '')}")
+        self.expect_outcome(rejected, "rolledBack")
         print(f"\n$ modeldeploy history {NAME}")
         print(
             history_table(json.loads(self.cluster.kubectl("get", "md", NAME, "-n", NAMESPACE, "-o", "json")))
