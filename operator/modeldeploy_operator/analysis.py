@@ -543,11 +543,12 @@ def evaluate(plan: AnalysisPlan, results: Mapping[str, QueryResult]) -> list[Che
         )
     if _key(LATENCY, "canary") in plan.queries:
         ratio = analysis.latency.max_increase_ratio
+        floor = analysis.latency.ignore_below_seconds
         checks.append(
             judge.bounded(
                 LATENCY,
                 upper=analysis.latency.max_seconds,
-                compare=None if ratio is None else (lambda stable: stable * ratio),
+                compare=None if ratio is None else (lambda stable: max(stable * ratio, floor)),
                 describe=_seconds,
             )
         )

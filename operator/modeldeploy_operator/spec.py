@@ -424,6 +424,10 @@ class LatencyCheck(CamelModel):
     max_increase_ratio: Annotated[float, Field(ge=1)] | None = 1.5
     """Highest allowed ratio of the canary's latency to the stable model's at the quantile."""
 
+    ignore_below_seconds: Annotated[float, Field(ge=0)] = 0.025
+    """A canary latency up to this passes the comparison with the stable model whatever the ratio: at a few
+    milliseconds, differences are the machine's noise rather than a regression (maxSeconds still applies)."""
+
     @model_validator(mode="after")
     def _has_a_bound(self) -> LatencyCheck:
         if self.enabled and self.max_seconds is None and self.max_increase_ratio is None:

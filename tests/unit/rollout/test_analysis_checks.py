@@ -310,6 +310,23 @@ def test_latency_bounds() -> None:
     assert absolute.verdict == "fail"
 
 
+def test_milliseconds_of_latency_are_not_compared_as_a_regression() -> None:
+    # Seen in a CI run: a good model judged on its p99 over a shared two-core machine.
+    noisy = {**healthy(), "latency/canary": one(0.0195), "latency/stable": one(0.0098)}
+    assert by_name(evaluate(plan(), noisy))["latency"].verdict == "pass"
+    strict = by_name(evaluate(plan(latency={"ignoreBelowSeconds": 0}), noisy))["latency"]
+    assert strict.verdict == "fail"
+    assert (
+        strict.message
+        == "canary 0.0195s is above 0.0147s, the most allowed beside the stable model's 0.0098s"
+    )
+    # Above the floor the ratio counts, and the absolute bound always does.
+    slow = {**healthy(), "latency/canary": one(0.060), "latency/stable": one(0.010)}
+    assert by_name(evaluate(plan(), slow))["latency"].verdict == "fail"
+    bounded = by_name(evaluate(plan(latency={"maxSeconds": 0.015}), noisy))["latency"]
+    assert bounded.verdict == "fail"
+
+
 def test_prediction_shift_fails_when_the_canary_predicts_differently() -> None:
     answers = {
         **healthy(),
