@@ -24,12 +24,11 @@ from modeldeploy_operator.analysis import QueryFailure, QueryResult, evaluate, p
 from modeldeploy_operator.builders import (
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
-    LABEL_NAME,
-    LABEL_VARIANT,
     MANAGER_NAME,
-    SERVER_APP_NAME,
     Owner,
+    Variant,
     deployment_name,
+    selector_labels,
 )
 from modeldeploy_operator.desired import desired_children
 from modeldeploy_operator.kube import KubernetesError, KubeStorage, Manifest
@@ -358,12 +357,7 @@ class Reconciler:
         stable = next(
             c for c in applied if c["kind"] == "Deployment" and c["metadata"]["name"] == stable_name
         )
-        pods = await self._storage.list_objects(
-            "v1",
-            "Pod",
-            owner.namespace,
-            {LABEL_NAME: SERVER_APP_NAME, LABEL_INSTANCE: owner.name, LABEL_VARIANT: "stable"},
-        )
+        pods = await self._server_pods(owner, "stable")
         status = compute_status(
             name=owner.name,
             namespace=owner.namespace,
@@ -392,13 +386,12 @@ class Reconciler:
         )
         if deployment is None:
             return None
-        pods = await self._storage.list_objects(
-            "v1",
-            "Pod",
-            owner.namespace,
-            {LABEL_NAME: SERVER_APP_NAME, LABEL_INSTANCE: owner.name, LABEL_VARIANT: "canary"},
+        return observe_canary_pods(deployment, await self._server_pods(owner, "canary"))
+
+    async def _server_pods(self, owner: Owner, variant: Variant) -> list[Manifest]:
+        return await self._storage.list_objects(
+            "v1", "Pod", owner.namespace, selector_labels(owner.name, variant)
         )
-        return observe_canary_pods(deployment, pods)
 
     async def _analyse(
         self, owner: Owner, spec: ModelDeploymentSpec, status: ModelDeploymentStatus, now: datetime

@@ -88,6 +88,12 @@ def summarize_pod_problems(pods: Iterable[Mapping[str, Any]]) -> list[PodProblem
     return sorted(problems, key=lambda problem: (problem.pod, problem.container))
 
 
+def describe_pod_problems(problems: Sequence[PodProblem]) -> str:
+    """The first problem in full, and how many more there are."""
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return problems[0].describe() + more
+
+
 def _container_problem(pod: str, container: Mapping[str, Any], *, is_init: bool) -> PodProblem | None:
     name = container.get("name", "")
     state = container.get("state", {})
@@ -129,8 +135,7 @@ def _judge_deployment(
     if verdict.ready or verdict.stalled:
         return verdict
     if pod_problems:
-        more = f" (and {len(pod_problems) - 1} more)" if len(pod_problems) > 1 else ""
-        return _Verdict(False, True, "PodsFailing", pod_problems[0].describe() + more)
+        return _Verdict(False, True, "PodsFailing", describe_pod_problems(pod_problems))
     # Stalled stays until the change is ready or a new one arrives: a crash-looping pod is
     # between crashes most of the time, and flapping back to Progressing would hide that.
     stalled_before = _current_condition(previous, "Stalled", generation)
@@ -250,8 +255,7 @@ def observe_canary_pods(
     revision = (template.get("annotations") or {}).get(MODEL_REVISION_ANNOTATION, "")
     problems = summarize_pod_problems(pods)
     if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        return CanaryPods(revision, ready=False, problem=problems[0].describe() + more)
+        return CanaryPods(revision, ready=False, problem=describe_pod_problems(problems))
     return CanaryPods(revision, ready=_judge_rollout(deployment).ready)
 
 
