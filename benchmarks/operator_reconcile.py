@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +25,8 @@ from typing import Any
 
 import yaml
 
-from modeldeploy_localcluster.cluster import LocalCluster, free_port
+from modeldeploy_localcluster.cluster import LocalCluster
+from modeldeploy_localcluster.local_operator import LocalOperator, install_crds
 
 REPO = Path(__file__).resolve().parents[1]
 IDLE_WINDOW_SECONDS = 320.0  # longer than the resync interval (300 s): every object reconciles once
@@ -53,42 +51,16 @@ def percentile(values: list[float], fraction: float) -> float:
 class Bench:
     def __init__(self, cluster: LocalCluster, workdir: Path) -> None:
         self.cluster = cluster
-        self.log = workdir / "operator.log"
-        self.operator: subprocess.Popen[bytes] | None = None
+        self.operator = LocalOperator(
+            cluster, workdir / "operator.log", "registry.invalid/modeldeploy-server:bench"
+        )
+        self.log = self.operator.log
 
     def start_operator(self) -> None:
-        self.cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        self.cluster.wait_for_crds("crd/modeldeployments.modeldeploy.io")
-        for namespace in ("modeldeploy-system", "bench"):
-            self.cluster.kubectl("create", "namespace", namespace)
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.cluster.kubeconfig),
-            "MODELDEPLOY_OPERATOR_SERVER_IMAGE": "registry.invalid/modeldeploy-server:bench",
-        }
-        executable = Path(sys.executable).parent / "modeldeploy-operator"
-        with self.log.open("wb") as log:
-            self.operator = subprocess.Popen(
-                [
-                    str(executable),
-                    f"--liveness=http://127.0.0.1:{free_port()}/healthz",
-                    f"--metrics=127.0.0.1:{free_port()}",
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while "Became the leader" not in self.log.read_text(errors="replace"):
-            if time.monotonic() > deadline or self.operator.poll() is not None:
-                raise RuntimeError(f"operator did not start:\n{self.log.read_text()[-2000:]}")
-            time.sleep(0.2)
+        install_crds(self.cluster, REPO)
+        self.operator.start()
+        self.cluster.kubectl("create", "namespace", "bench")
         self.cluster.kubectl("wait", "--for=create", "serviceaccount/default", "-n", "bench", "--timeout=60s")
-
-    def stop_operator(self) -> None:
-        if self.operator is not None:
-            self.operator.terminate()
-            self.operator.wait(timeout=30)
 
     def apply(self, manifests: list[dict[str, Any]]) -> None:
         self.cluster.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(manifests))
@@ -188,9 +160,10 @@ class Bench:
         return reconciles, len(writes), changed
 
     def operator_memory(self) -> tuple[float, float]:
-        assert self.operator is not None
+        assert self.operator.process is not None
         fields = dict(
-            line.split(":", 1) for line in Path(f"/proc/{self.operator.pid}/status").read_text().splitlines()
+            line.split(":", 1)
+            for line in Path(f"/proc/{self.operator.process.pid}/status").read_text().splitlines()
         )
         return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
@@ -211,7 +184,7 @@ def main() -> None:
             reconciles, writes, changed = bench.idle()
             rss, peak = bench.operator_memory()
         finally:
-            bench.stop_operator()
+            bench.operator.stop()
     rows = [
         (f"apply -> stable Deployment exists (n={len(to_deployment)})",
          f"p50 {statistics.median(to_deployment):.2f} s, p95 {percentile(to_deployment, 0.95):.2f} s"),
