@@ -41,7 +41,7 @@ from modeldeploy_serving.metric_names import (
 )
 
 from .builders import Variant
-from .spec import Analysis, CheckResult
+from .spec import ERROR_RATE, LATENCY, PREDICTION_SHIFT, SAMPLES, Analysis, CheckResult
 
 __all__ = [
     "PREDICTION_ENDPOINTS",
@@ -66,10 +66,6 @@ PSI_SHARE_FLOOR = 1e-4
 
 QueryFailureKind = Literal["unreachable", "timeout", "http", "bad-query", "bad-response"]
 
-SAMPLES = "samples"
-ERROR_RATE = "errorRate"
-LATENCY = "latency"
-PREDICTION_SHIFT = "predictionShift"
 
 _VARIANTS: tuple[Variant, ...] = ("canary", "stable")
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
@@ -180,6 +176,12 @@ def _key(check: str, variant: Variant, part: str = "") -> str:
     return "/".join(item for item in (check, part, variant) if item)
 
 
+def _custom_key(name: str) -> str:
+    """Custom checks' queries live under their own prefix, so no name a user picks can replace a
+    built-in query (the samples query gates every verdict)."""
+    return _key(f"custom:{name}", "canary")
+
+
 def plan_analysis(name: str, namespace: str, analysis: Analysis, window: timedelta) -> AnalysisPlan:
     """The queries for one window of the ModelDeployment `name` in `namespace`.
 
@@ -209,7 +211,7 @@ def plan_analysis(name: str, namespace: str, analysis: Analysis, window: timedel
             )
             queries[_key(PREDICTION_SHIFT, variant, "values")] = _values_query(name, namespace, variant, span)
     for check in analysis.custom:
-        queries[_key(check.name, "canary")] = render_custom_query(
+        queries[_custom_key(check.name)] = render_custom_query(
             check.query, name=name, namespace=namespace, variant="canary", window=window
         )
     return AnalysisPlan(analysis=analysis, window=window, queries=queries)
@@ -435,7 +437,7 @@ class _Judge:
         return result("pass", f"the {kind} shifted by PSI {shift:.3g}, within the bound of {limit:g}", shift)
 
     def custom(self, name: str, low: float | None, high: float | None) -> CheckResult:
-        key = _key(name, "canary")
+        key = _custom_key(name)
         value = self.scalar(key)
 
         def result(verdict: Verdict, message: str) -> CheckResult:

@@ -118,6 +118,13 @@ def _validations(*rules: dict[str, str]) -> dict[str, Any]:
 
 
 Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=64)]
+
+# The built-in checks, by the names status shows; a custom check may not take one of them.
+SAMPLES = "samples"
+ERROR_RATE = "errorRate"
+LATENCY = "latency"
+PREDICTION_SHIFT = "predictionShift"
+BUILT_IN_CHECKS = (SAMPLES, ERROR_RATE, LATENCY, PREDICTION_SHIFT)
 # Strict integers, so a string like "2" stays the string the user wrote (as the API server keeps it).
 Quantity = Annotated[
     Annotated[int, Field(strict=True)] | Annotated[str, Field(pattern=_QUANTITY_PATTERN)],
@@ -463,6 +470,13 @@ class CustomCheck(CamelModel):
                 "spec.rollout.analysis.custom[].min must be less than or equal to max",
                 ".min",
             ),
+            _cel(
+                "!(self.name in [" + ", ".join(f"'{name}'" for name in BUILT_IN_CHECKS) + "])",
+                "spec.rollout.analysis.custom[].name must not be the name of a built-in check ("
+                + ", ".join(BUILT_IN_CHECKS)
+                + ")",
+                ".name",
+            ),
         )
     )
 
@@ -490,6 +504,11 @@ class CustomCheck(CamelModel):
 def _custom_names_unique(checks: list[CustomCheck]) -> list[CustomCheck]:
     if len({check.name for check in checks}) != len(checks):
         raise ValueError("spec.rollout.analysis.custom names must be unique")
+    for index, check in enumerate(checks):
+        if check.name in BUILT_IN_CHECKS:
+            raise ValueError(
+                f"spec.rollout.analysis.custom[{index}].name: {check.name} is the name of a built-in check"
+            )
     return checks
 
 

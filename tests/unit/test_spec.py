@@ -178,6 +178,13 @@ def test_custom_check_names_are_unique_and_bounds_ordered() -> None:
         ModelDeploymentSpec.model_validate(spec_with(rollout={"analysis": {"custom": [inverted]}}))
 
 
+@pytest.mark.parametrize("name", ["samples", "latency"])
+def test_a_custom_check_may_not_take_a_built_in_name(name: str) -> None:
+    check = {"name": name, "query": "sum(rate(x[1m]))", "max": 1}
+    with pytest.raises(ValidationError, match="name of a built-in check"):
+        ModelDeploymentSpec.model_validate(spec_with(rollout={"analysis": {"custom": [check]}}))
+
+
 def test_env_names_must_be_unique() -> None:
     env = [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]
     with pytest.raises(ValidationError, match="unique"):

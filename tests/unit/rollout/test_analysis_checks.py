@@ -23,7 +23,7 @@ from modeldeploy_operator.analysis import (
     population_stability_index,
     render_custom_query,
 )
-from modeldeploy_operator.spec import Analysis, CheckResult
+from modeldeploy_operator.spec import BUILT_IN_CHECKS, Analysis, CheckResult, CustomCheck
 from modeldeploy_serving.routes import classify_path
 
 WINDOW = timedelta(minutes=5)
@@ -162,7 +162,22 @@ def test_custom_checks_are_planned_for_the_canary() -> None:
     queries = plan(
         custom=[{"name": "drift", "query": "max(drift{variant='{{variant}}'}[{{window}}])", "max": 0.3}]
     ).queries
-    assert queries["drift/canary"] == "max(drift{variant='canary'}[300s])"
+    assert queries["custom:drift/canary"] == "max(drift{variant='canary'}[300s])"
+
+
+def test_a_custom_check_cannot_replace_a_built_in_query() -> None:
+    # The schema refuses these names; should one get past it (an older CRD), the samples query that
+    # gates every verdict must still be the operator's own.
+    built_in = plan(latency={"maxSeconds": 1.0}).queries
+    impostors = [
+        CustomCheck.model_construct(name=name, query="vector(1e9)", min=None, max=1.0)
+        for name in BUILT_IN_CHECKS
+    ]
+    hijacked = plan_analysis(
+        "iris", "ml", analysis(latency={"maxSeconds": 1.0}).model_copy(update={"custom": impostors}), WINDOW
+    ).queries
+    assert {key: hijacked[key] for key in built_in} == built_in
+    assert sum(query == "vector(1e9)" for query in hijacked.values()) == len(BUILT_IN_CHECKS)
 
 
 def test_request_counts_cover_exactly_the_servers_prediction_endpoints() -> None:
@@ -401,11 +416,11 @@ def test_population_stability_index() -> None:
 def test_custom_check_bounds() -> None:
     spec = {"custom": [{"name": "drift", "query": "drift", "min": 0.0, "max": 0.3}]}
     for value, verdict in ((0.1, "pass"), (0.5, "fail"), (-1.0, "fail")):
-        check = by_name(evaluate(plan(**spec), {**healthy(), "drift/canary": one(value)}))["drift"]
+        check = by_name(evaluate(plan(**spec), {**healthy(), "custom:drift/canary": one(value)}))["drift"]
         assert check.verdict == verdict
         assert check.value == value
     missing = by_name(
-        evaluate(plan(**spec), {**healthy(), "drift/canary": QueryFailure("bad-query", "parse error")})
+        evaluate(plan(**spec), {**healthy(), "custom:drift/canary": QueryFailure("bad-query", "parse error")})
     )
     assert missing["drift"].verdict == "inconclusive"
 
