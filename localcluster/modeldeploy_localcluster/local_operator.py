@@ -43,6 +43,8 @@ class LocalOperator:
             "KUBECONFIG": str(self.cluster.kubeconfig),
             "MODELDEPLOY_OPERATOR_SERVER_IMAGE": self.server_image,
             "MODELDEPLOY_OPERATOR_LEADER_ELECTION_NAMESPACE": self.namespace,
+            # The tests' and the demo's Prometheus servers listen on free ports of this machine.
+            "MODELDEPLOY_OPERATOR_PROMETHEUS_ALLOWED_ADDRESSES": "http://127.0.0.1:*",
         }
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:

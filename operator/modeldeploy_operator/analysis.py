@@ -64,7 +64,7 @@ __all__ = [
 PREDICTION_ENDPOINTS = ("infer", "predict")
 PSI_SHARE_FLOOR = 1e-4
 
-QueryFailureKind = Literal["unreachable", "timeout", "http", "bad-query", "bad-response"]
+QueryFailureKind = Literal["unreachable", "timeout", "http", "bad-query", "bad-response", "not-allowed"]
 
 
 _VARIANTS: tuple[Variant, ...] = ("canary", "stable")
@@ -232,6 +232,7 @@ def _describe_failure(failure: QueryFailure) -> str:
         "http": "Prometheus answered with an HTTP error",
         "bad-query": "Prometheus refused the query",
         "bad-response": "Prometheus' answer was unreadable",
+        "not-allowed": "the operator may not query this Prometheus",
     }[failure.kind]
     return f"{what}: {failure.message}" if failure.message else what
 

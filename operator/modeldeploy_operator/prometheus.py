@@ -14,7 +14,9 @@ from typing import Any, Literal
 
 import httpx
 
-ErrorKind = Literal["unreachable", "timeout", "http", "bad-query", "bad-response"]
+ErrorKind = Literal["unreachable", "timeout", "http", "bad-query", "bad-response", "not-allowed"]
+# How much of Prometheus' own error text reaches status and Events.
+ERROR_TEXT_LIMIT = 200
 DEFAULT_TIMEOUT_SECONDS = 10.0
 
 
@@ -37,17 +39,17 @@ class Sample:
 def _value(raw: Any) -> float:
     # Prometheus sends values as strings: "1.5", "NaN", "+Inf", "-Inf".
     if not isinstance(raw, list) or len(raw) != 2:
-        raise PrometheusError("bad-response", f"a sample is not [time, value]: {raw!r}")
+        raise PrometheusError("bad-response", "a sample is not [time, value]")
     try:
         return float(raw[1])
     except (TypeError, ValueError) as error:
-        raise PrometheusError("bad-response", f"a sample value is not a number: {raw[1]!r}") from error
+        raise PrometheusError("bad-response", "a sample value is not a number") from error
 
 
 def decode_query_response(body: Any) -> list[Sample]:
     """The samples of a successful /api/v1/query answer (vector or scalar)."""
     if not isinstance(body, dict) or body.get("status") != "success":
-        raise PrometheusError("bad-response", f"not a successful query answer: {str(body)[:200]}")
+        raise PrometheusError("bad-response", "not a successful query answer")
     data = body.get("data")
     if not isinstance(data, dict):
         raise PrometheusError("bad-response", "the answer has no data")
@@ -59,7 +61,7 @@ def decode_query_response(body: Any) -> list[Sample]:
     samples = []
     for series in result:
         if not isinstance(series, dict) or not isinstance(series.get("metric"), dict):
-            raise PrometheusError("bad-response", f"a series without labels: {str(series)[:200]}")
+            raise PrometheusError("bad-response", "a series without labels")
         samples.append(
             Sample({str(k): str(v) for k, v in series["metric"].items()}, _value(series.get("value")))
         )
@@ -86,8 +88,8 @@ class PrometheusClient:
             reply = await self._client.post(url, data=params, timeout=self._timeout)
         except httpx.TimeoutException as error:
             raise PrometheusError("timeout", f"no answer from {address} in {self._timeout:.0f}s") from error
-        except httpx.HTTPError as error:
-            raise PrometheusError("unreachable", f"{address}: {error}") from error
+        except (httpx.HTTPError, httpx.InvalidURL) as error:
+            raise PrometheusError("unreachable", f"{address}: {type(error).__name__}") from error
         if reply.status_code in (400, 422):
             raise PrometheusError("bad-query", _error_text(reply))
         if reply.status_code != 200:
@@ -99,9 +101,19 @@ class PrometheusClient:
         return decode_query_response(body)
 
 
+def sanitized(text: str) -> str:
+    """Printable ASCII only, one line, at most ERROR_TEXT_LIMIT characters: text from a server ends up
+    in status and Events, where control characters, markup or a page of HTML have no place."""
+    printable = "".join(char if " " <= char <= "~" else " " for char in text)
+    return " ".join(printable.split())[:ERROR_TEXT_LIMIT]
+
+
 def _error_text(reply: httpx.Response) -> str:
+    """Prometheus' own error message (its JSON error field); nothing of any other answer's body."""
     try:
         body = reply.json()
     except ValueError:
-        return reply.text[:200]
-    return str(body.get("error", body))[:200] if isinstance(body, dict) else str(body)[:200]
+        return "the answer is not a Prometheus error"
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return sanitized(body["error"])
+    return "the answer is not a Prometheus error"

@@ -402,8 +402,16 @@ class Reconciler:
             return None
         plan = plan_analysis(owner.name, owner.namespace, spec.rollout.analysis, window.end - window.start)
         address = spec.rollout.analysis.prometheus_address or self._settings.prometheus_address
+        allowed = self._settings.allows_prometheus(address)
 
         async def answer(query: str) -> QueryResult:
+            if not allowed:
+                self._metrics.prometheus_queries.labels("not-allowed").inc()
+                return QueryFailure(
+                    "not-allowed",
+                    f"{address} is neither the operator's Prometheus nor in its"
+                    " MODELDEPLOY_OPERATOR_PROMETHEUS_ALLOWED_ADDRESSES",
+                )
             started = time.perf_counter()
             result = "ok"
             try:

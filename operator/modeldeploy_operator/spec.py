@@ -14,6 +14,7 @@ import re
 from datetime import datetime, timedelta
 from itertools import pairwise
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -104,6 +105,32 @@ def _check_model_uri(uri: str) -> str:
     if not re.fullmatch(MODEL_URI_PATTERN, uri):
         raise ValueError(MODEL_URI_HELP)
     return uri
+
+
+PROMETHEUS_ADDRESS_HELP = (
+    "must be an http or https URL with a host and, if given, a port from 1 to 65535, without"
+    " credentials, query or fragment (for example http://prometheus.monitoring.svc:9090)"
+)
+
+
+def check_prometheus_address(address: str) -> str:
+    """`address` if it is a URL the operator can query (the CRD's CEL rule says the same), else ValueError."""
+    try:
+        parts = urlsplit(address)
+        port = parts.port
+    except ValueError as error:
+        raise ValueError(f"{PROMETHEUS_ADDRESS_HELP}: {error}") from error
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or port == 0
+        or "@" in parts.netloc
+        or parts.query
+        or parts.fragment
+        or not re.fullmatch(r"[!-~]+", address)
+    ):
+        raise ValueError(PROMETHEUS_ADDRESS_HELP)
+    return address
 
 
 def _cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
@@ -515,7 +542,27 @@ def _custom_names_unique(checks: list[CustomCheck]) -> list[CustomCheck]:
 class Analysis(CamelModel):
     """How each rollout step is judged, from the servers' own Prometheus metrics."""
 
-    prometheus_address: Annotated[str, Field(pattern="^https?://[!-~]+$", max_length=2048)] | None = None
+    prometheus_address: (
+        Annotated[
+            str,
+            Field(
+                pattern="^https?://[!-~]+$",
+                max_length=2048,
+                json_schema_extra=_validations(
+                    _cel(
+                        "isURL(self) && url(self).getScheme() in ['http', 'https']"
+                        " && url(self).getHostname() != '' && !self.contains('@')"
+                        " && url(self).getQuery().size() == 0 && !self.contains('#')"
+                        " && (url(self).getPort() == '' || (int(url(self).getPort()) >= 1"
+                        " && int(url(self).getPort()) <= 65535))",
+                        f"spec.rollout.analysis.prometheusAddress {PROMETHEUS_ADDRESS_HELP}",
+                    )
+                ),
+            ),
+            AfterValidator(check_prometheus_address),
+        ]
+        | None
+    ) = None
     """Base URL of the Prometheus HTTP API; the operator's default when unset."""
 
     min_samples: Annotated[int, Field(ge=1)] = 50

@@ -114,6 +114,8 @@ class OperatorProcess:
             "MODELDEPLOY_OPERATOR_SERVER_IMAGE": TEST_SERVER_IMAGE,
             "MODELDEPLOY_OPERATOR_LEADER_ELECTION_NAMESPACE": OPERATOR_NAMESPACE,
             "MODELDEPLOY_OPERATOR_LEADER_ELECTION_LEASE_SECONDS": str(LEASE_SECONDS),
+            # The tests' and the demo's Prometheus servers listen on free ports of this machine.
+            "MODELDEPLOY_OPERATOR_PROMETHEUS_ALLOWED_ADDRESSES": "http://127.0.0.1:*",
             **self.extra_env,
         }
         with self.log.open("ab") as log:

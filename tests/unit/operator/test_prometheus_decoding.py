@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 
-from modeldeploy_operator.prometheus import PrometheusError, Sample, decode_query_response, is_number
+from modeldeploy_operator.prometheus import (
+    PrometheusClient,
+    PrometheusError,
+    Sample,
+    decode_query_response,
+    is_number,
+)
 
 
 def vector(*series: tuple[dict[str, str], str]) -> dict[str, Any]:
@@ -59,3 +68,37 @@ def test_answers_that_cannot_be_read_are_bad_responses(body: Any) -> None:
     with pytest.raises(PrometheusError) as raised:
         decode_query_response(body)
     assert raised.value.kind == "bad-response"
+
+
+def query_through(handler: Callable[[httpx.Request], httpx.Response], address: str) -> PrometheusError:
+    async def run() -> PrometheusError:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            with pytest.raises(PrometheusError) as caught:
+                await PrometheusClient(client).query(address, "up")
+            return caught.value
+
+    return asyncio.run(run())
+
+
+SECRET = "<html>internal admin page: token=hunter2</html>"
+
+
+@pytest.mark.parametrize("status", [200, 400, 500])
+def test_nothing_of_a_foreign_answer_reaches_the_message(status: int) -> None:
+    # Whoever may edit a ModelDeployment picks the address; its answer must not leak into status.
+    error = query_through(lambda request: httpx.Response(status, text=SECRET), "http://intranet:80")
+    assert "hunter2" not in str(error) and "html" not in str(error)
+
+
+def test_prometheus_own_error_is_kept_on_one_printable_line() -> None:
+    body = {"status": "error", "errorType": "bad_data", "error": "parse error\n\x1b[31mat char 3" + "x" * 500}
+    error = query_through(lambda request: httpx.Response(400, json=body), "http://prometheus:9090")
+    assert error.kind == "bad-query"
+    assert str(error).startswith("parse error ")
+    assert "\n" not in str(error) and "\x1b" not in str(error) and len(str(error)) <= 200
+
+
+def test_an_address_httpx_cannot_parse_is_an_unreachable_prometheus() -> None:
+    # It once raised httpx.InvalidURL out of every reconcile, so the rollout never moved again.
+    error = query_through(lambda request: httpx.Response(200), "http://prometheus:9O90")
+    assert error.kind == "unreachable"
