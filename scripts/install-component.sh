@@ -8,6 +8,9 @@
 #   VENV        the virtualenv to create or update (the images use /opt/modeldeploy)
 #   SOURCE_DIR  the repository checkout to install from (default: this script's repository)
 #   PYTHON      environment variable: the interpreter that creates the virtualenv (default python3)
+#   WHEELHOUSE  environment variable: a folder of wheels to install from instead of an index
+#   SLIM        environment variable: 1 removes what a running image never uses (pip, setuptools,
+#               the packages' own test suites)
 set -euo pipefail
 
 usage="usage: install-component.sh server|operator VENV [SOURCE_DIR]"
@@ -22,11 +25,23 @@ case "$component" in
   *) echo "$usage" >&2; exit 2 ;;
 esac
 
+pip_source=()
+if [[ -n "${WHEELHOUSE:-}" ]]; then
+  pip_source=(--no-index --find-links "$WHEELHOUSE")
+fi
+
 "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${pip_source[@]}" --upgrade pip
 # Every dependency ships wheels for Linux, so the images need no compiler.
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --only-binary=:all: \
-    --no-binary=modeldeploy "${source_dir}[${extra}]"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${pip_source[@]}" \
+    --only-binary=:all: --no-binary=modeldeploy "${source_dir}[${extra}]"
+
+if [[ "${SLIM:-0}" == 1 ]]; then
+  "$venv/bin/python" -m pip uninstall --quiet --disable-pip-version-check --yes pip setuptools wheel
+  site_packages=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  # Test suites shipped inside packages (numpy, pandas, scipy, sklearn: over 100 MB) never run here.
+  find "$site_packages" -mindepth 2 -type d -name tests -prune -exec rm -rf {} +
+fi
 
 "$venv/bin/$command" --help >/dev/null
 "$venv/bin/python" -c "import $modules"

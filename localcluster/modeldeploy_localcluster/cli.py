@@ -11,6 +11,7 @@ from pathlib import Path
 from modeldeploy_localcluster.build import BuildError, ensure_binaries
 from modeldeploy_localcluster.cluster import ClusterError, ClusterState, LocalCluster, stop_components
 from modeldeploy_localcluster.demo import run_demo
+from modeldeploy_localcluster.images import ensure_images
 
 DEFAULT_DIR = Path(".localcluster")
 
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="modeldeploy-localcluster", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("build", help="build (or find cached) etcd, Kubernetes, kwok and helm")
+    commands.add_parser(
+        "images", help="build (or find cached) the server and operator images with podman, offline"
+    )
     for name, text in (
         ("up", "start a control plane and wait (Ctrl-C stops it)"),
         ("down", "stop a control plane started with `up --detach`"),
@@ -88,6 +92,9 @@ def main(argv: list[str] | None = None) -> None:
             binaries = ensure_binaries(_say)
             for name, path in vars(binaries).items():
                 print(f"{name}: {path}")
+        elif args.command == "images":
+            for image in ensure_images(Path.cwd()).values():
+                print(f"{image.target}: {image.name} {image.archive}")
         elif args.command == "up":
             _up(args.dir, args.detach)
         elif args.command == "down":
