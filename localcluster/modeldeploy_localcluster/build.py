@@ -28,6 +28,10 @@ Progress = Callable[[str], None]
 
 HEARTBEAT_SECONDS = 30.0
 KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+# The real node's programs come from the same wrapper module (same tags, ldflags and Go build
+# cache), but only a real node needs them, so they are a part of their own.
+KUBERNETES_NODE_COMMANDS = ("kubelet", "kube-proxy")
+CONTAINERD_COMMANDS = ("containerd", "containerd-shim-runc-v2", "ctr")
 
 
 class BuildError(RuntimeError):
@@ -46,6 +50,18 @@ class Binaries:
     helm: Path
     kubectl: Path
     kwok_module_dir: Path
+
+
+@dataclass(frozen=True)
+class NodeBinaries:
+    """Paths of the programs a real node runs (the rest, runc and CNI plugins, are Debian's)."""
+
+    containerd: Path
+    containerd_shim: Path
+    ctr: Path
+    kubelet: Path
+    kube_proxy: Path
+    coredns: Path
 
 
 def cache_root() -> Path:
@@ -173,19 +189,22 @@ func main() { etcdmain.Main(os.Args) }
 """
 
 
-def _build_kubernetes(target: Path, work: Path, log: Path, progress: Progress) -> None:
-    env = _go_environment()
-    info = _module_info("k8s.io/kubernetes", versions.KUBERNETES, work, env)
-    staging = kubernetes_staging_modules(Path(info["GoMod"]).read_text())
-    (work / "go.mod").write_text(kubernetes_wrapper_go_mod(versions.KUBERNETES, staging))
-    command = [
-        "go", "build", "-mod=mod", "-trimpath",
-        "-tags", "selinux,notest,grpcnotrace",
-        "-ldflags", kubernetes_ldflags(versions.KUBERNETES),
-        "-o", str(target) + "/",
-        *(f"k8s.io/kubernetes/cmd/{name}" for name in KUBERNETES_COMMANDS),
-    ]  # fmt: skip
-    _run_logged(f"kubernetes {versions.KUBERNETES}", command, work, log, env, progress)
+def _build_kubernetes(commands: tuple[str, ...], step: str) -> Callable[[Path, Path, Path, Progress], None]:
+    def build(target: Path, work: Path, log: Path, progress: Progress) -> None:
+        env = _go_environment()
+        info = _module_info("k8s.io/kubernetes", versions.KUBERNETES, work, env)
+        staging = kubernetes_staging_modules(Path(info["GoMod"]).read_text())
+        (work / "go.mod").write_text(kubernetes_wrapper_go_mod(versions.KUBERNETES, staging))
+        command = [
+            "go", "build", "-mod=mod", "-trimpath",
+            "-tags", "selinux,notest,grpcnotrace",
+            "-ldflags", kubernetes_ldflags(versions.KUBERNETES),
+            "-o", str(target) + "/",
+            *(f"k8s.io/kubernetes/cmd/{name}" for name in commands),
+        ]  # fmt: skip
+        _run_logged(f"{step} {versions.KUBERNETES}", command, work, log, env, progress)
+
+    return build
 
 
 def _build_etcd(target: Path, work: Path, log: Path, progress: Progress) -> None:
@@ -199,11 +218,20 @@ def _build_etcd(target: Path, work: Path, log: Path, progress: Progress) -> None
     _run_logged(f"etcd {versions.ETCD}", command, work, log, env, progress)
 
 
-def _go_install(module_command: str, version: str, step: str) -> Callable[[Path, Path, Path, Progress], None]:
+def _go_install(
+    module_command: str, version: str, step: str, tags: str = ""
+) -> Callable[[Path, Path, Path, Progress], None]:
+    """`go install` of one or more commands of a module (``module/cmd/{a,b}`` names several)."""
+    prefix, _, names = module_command.partition("{")
+    commands = [prefix + name for name in names.rstrip("}").split(",")] if names else [module_command]
+
     def build(target: Path, work: Path, log: Path, progress: Progress) -> None:
         env = _go_environment()
         env["GOBIN"] = str(target)
-        command = ["go", "install", "-trimpath", "-ldflags", "-s -w", f"{module_command}@{version}"]
+        command = ["go", "install", "-trimpath", "-ldflags", "-s -w"]
+        if tags:
+            command += ["-tags", tags]
+        command += [f"{name}@{version}" for name in commands]
         _run_logged(step, command, work, log, env, progress)
 
     return build
@@ -227,7 +255,39 @@ PARTS = (
     _Part("etcd", versions.ETCD, ("etcd",), _build_etcd),
     _Part("kwok", versions.KWOK, ("kwok",), _go_install("sigs.k8s.io/kwok/cmd/kwok", versions.KWOK, "kwok")),
     _Part("helm", versions.HELM, ("helm",), _go_install("helm.sh/helm/v3/cmd/helm", versions.HELM, "helm")),
-    _Part("kubernetes", versions.KUBERNETES, KUBERNETES_COMMANDS, _build_kubernetes),
+    _Part(
+        "kubernetes",
+        versions.KUBERNETES,
+        KUBERNETES_COMMANDS,
+        _build_kubernetes(KUBERNETES_COMMANDS, "kubernetes"),
+    ),
+)
+
+NODE_PARTS = (
+    _Part(
+        "kubernetes-node",
+        versions.KUBERNETES,
+        KUBERNETES_NODE_COMMANDS,
+        _build_kubernetes(KUBERNETES_NODE_COMMANDS, "kubelet and kube-proxy"),
+    ),
+    _Part(
+        "containerd",
+        versions.CONTAINERD,
+        CONTAINERD_COMMANDS,
+        # Static, and without the snapshotters that need C libraries (overlayfs is what we use).
+        _go_install(
+            "github.com/containerd/containerd/v2/cmd/{containerd,containerd-shim-runc-v2,ctr}",
+            versions.CONTAINERD,
+            "containerd",
+            tags="no_btrfs no_devmapper no_zfs",
+        ),
+    ),
+    _Part(
+        "coredns",
+        versions.COREDNS,
+        ("coredns",),
+        _go_install("github.com/coredns/coredns", versions.COREDNS, "coredns"),
+    ),
 )
 
 
@@ -295,4 +355,25 @@ def ensure_binaries(progress: Progress = _say) -> Binaries:
         helm=directories["helm"] / "helm",
         kubectl=kubectl_path(),
         kwok_module_dir=Path(kwok_module["Dir"]),
+    )
+
+
+def ensure_node_binaries(progress: Progress = _say) -> NodeBinaries:
+    """Builds the real node's programs that are missing from the cache (minutes, once per version)."""
+    pending = [part for part in NODE_PARTS if not part.is_built()]
+    if pending:
+        names = ", ".join(f"{p.name} {p.version}" for p in pending)
+        progress(
+            f"real node: not cached yet: {names}. A cold build takes a few minutes; later runs reuse it."
+        )
+    directories = {part.name: _ensure_part(part, progress) for part in NODE_PARTS}
+    kubernetes = directories["kubernetes-node"]
+    containerd = directories["containerd"]
+    return NodeBinaries(
+        containerd=containerd / "containerd",
+        containerd_shim=containerd / "containerd-shim-runc-v2",
+        ctr=containerd / "ctr",
+        kubelet=kubernetes / "kubelet",
+        kube_proxy=kubernetes / "kube-proxy",
+        coredns=directories["coredns"] / "coredns",
     )

@@ -101,7 +101,7 @@ def _leaf(
     return builder.sign(ca_key, hashes.SHA256()), key
 
 
-def generate(directory: Path) -> CertificatePaths:
+def generate(directory: Path, extra_ips: tuple[str, ...] = ()) -> CertificatePaths:
     directory.mkdir(parents=True, exist_ok=True)
     paths = CertificatePaths(
         ca_cert=directory / "ca.crt",
@@ -133,7 +133,7 @@ def generate(directory: Path) -> CertificatePaths:
     _write_cert(paths.ca_cert, ca_cert)
 
     sans: list[x509.GeneralName] = [x509.DNSName(name) for name in APISERVER_DNS_NAMES]
-    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in APISERVER_IPS]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in (*APISERVER_IPS, *extra_ips)]
     server_cert, server_key = _leaf(
         ca_cert, ca_key, _name("kube-apiserver"), ExtendedKeyUsageOID.SERVER_AUTH, sans
     )

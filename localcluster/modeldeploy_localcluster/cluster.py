@@ -198,8 +198,14 @@ class LocalCluster:
         binaries: Binaries | None = None,
         detach: bool = False,
         progress: Progress | None = None,
+        advertise_address: str | None = None,
+        kwok: bool = True,
     ) -> None:
+        """``advertise_address`` (not loopback) is where pods of a real node reach the API server:
+        the `kubernetes` Service's endpoint. ``kwok=False`` leaves the node to a real kubelet."""
         self._progress: Progress = progress or (lambda message: None)
+        self.advertise_address = advertise_address
+        self.with_kwok = kwok
         self.binaries = binaries or ensure_binaries(self._progress)
         self._owns_workdir = workdir is None
         if workdir is None:
@@ -231,7 +237,8 @@ class LocalCluster:
         started = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
-        self._certs = certs.generate(self.workdir / "pki")
+        extra_ips = (self.advertise_address,) if self.advertise_address else ()
+        self._certs = certs.generate(self.workdir / "pki", extra_ips)
         self.kubeconfig.write_text(yaml.safe_dump(kubeconfig_document(self.apiserver_url, self._certs)))
         try:
             self._start_etcd()
@@ -239,9 +246,10 @@ class LocalCluster:
             self._wait_for("kube-apiserver", self._apiserver_ready)
             self._start_controller_manager()
             self._start_scheduler()
-            self._start_kwok()
-            self._create_node()
-            self._wait_for("kwok node", self._node_ready)
+            if self.with_kwok:
+                self._start_kwok()
+                self._create_node()
+                self._wait_for("kwok node", self._node_ready)
             self._wait_for("kube-controller-manager (default service account)", self._default_sa_exists)
         except BaseException:
             self.stop()
@@ -342,9 +350,8 @@ class LocalCluster:
                 str(self.binaries.kube_apiserver),
                 f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
                 "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                *self._advertise_flags(),
                 f"--secure-port={self.ports['apiserver']}",
-                "--endpoint-reconciler-type=none",
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
                 "--authorization-mode=Node,RBAC",
                 f"--client-ca-file={c.ca_cert}",
@@ -357,6 +364,12 @@ class LocalCluster:
                 "--v=1",
             ],
         )
+
+    def _advertise_flags(self) -> list[str]:
+        if self.advertise_address is None:
+            # Loopback cannot be an endpoint, and nothing outside this host would reach it anyway.
+            return ["--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none"]
+        return [f"--advertise-address={self.advertise_address}"]
 
     def _component_kubeconfig_flags(self) -> list[str]:
         return [

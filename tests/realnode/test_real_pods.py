@@ -1,0 +1,187 @@
+"""The server image as real pods: the operator (a local process, as the chart's service account)
+reconciles a ModelDeployment, a kubelet runs its pods in a namespace that enforces the
+restricted pod security standard, and V2 inference through the Service's ClusterIP (from inside
+the node's network namespace) answers with the model's own predictions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import skops.io
+from conftest import RealCluster
+
+from modeldeploy_localcluster.cluster import free_port
+from modeldeploy_localcluster.iris_models import IRIS_ROWS, v2_inference_payloads, write_iris_models
+from modeldeploy_localcluster.node import NODE_IP
+from operator_harness import OperatorProcess, install_crd_and_rbac, service_account_kubeconfig
+
+pytestmark = pytest.mark.realnode
+
+READY_TIMEOUT_SECONDS = 300.0
+# Sent from inside the node's namespace: the only place the ClusterIP exists.
+V2_CLIENT = """
+import json, sys, time, urllib.request
+url, payloads = sys.argv[1], json.loads(sys.argv[2])
+answers = []
+for payload in payloads:
+    for attempt in range(20):  # the first request may race kube-proxy's first sync
+        try:
+            request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                answers.append(json.load(reply))
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        sys.exit(f"no answer from {url}")
+print(json.dumps(answers))
+"""
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_iris_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def model_http_server(real_cluster: RealCluster, models: dict[str, Path]) -> Iterator[str]:
+    """A plain HTTP server inside the node's namespace, serving the models as files."""
+    root = models["v1"].parent
+    port = free_port()
+    command = [sys.executable, "-m", "http.server", "--bind", NODE_IP, str(port), "--directory", str(root)]
+    process = subprocess.Popen(
+        real_cluster.in_netns(*command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        time.sleep(1.0)
+        assert process.poll() is None, "the model HTTP server did not start"
+        yield f"http://{NODE_IP}:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def local_operator(
+    real_cluster: RealCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    cluster = real_cluster.cluster
+    install_crd_and_rbac(cluster)
+    workdir = tmp_path_factory.mktemp("operator")
+    process = OperatorProcess(
+        service_account_kubeconfig(cluster, workdir / "kubeconfig"),
+        workdir / "operator.log",
+        extra_env={"MODELDEPLOY_OPERATOR_SERVER_IMAGE": real_cluster.images["server"].name},
+    )
+    process.start()
+    yield process
+    process.stop()
+    assert "Traceback" not in process.log_text(), process.log_text()[-5000:]
+
+
+def _restricted_namespace(real_cluster: RealCluster) -> str:
+    name = f"rp-{uuid.uuid4().hex[:6]}"
+    cluster = real_cluster.cluster
+    cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
+    deadline = time.monotonic() + 60
+    while not cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).startswith("NAME"):
+        assert time.monotonic() < deadline, f"no default service account in {name}"
+        time.sleep(0.3)
+    return name
+
+
+def _model_deployment(uri: str, replicas: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "modeldeploy.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "iris"},
+        "spec": {
+            "model": {"uri": uri, "format": "sklearn", "version": "1.0.0"},
+            "replicas": replicas,
+            "server": {
+                "resources": {"requests": {"cpu": "50m", "memory": "200Mi"}, "limits": {"memory": "400Mi"}}
+            },
+        },
+    }
+
+
+def _wait_ready(real_cluster: RealCluster, namespace: str) -> float:
+    started = time.monotonic()
+    ready = '{.status.conditions[?(@.type=="Ready")].status}'
+    while True:
+        output = real_cluster.cluster.kubectl(
+            "get", "md", "iris", "-n", namespace, "-o", f"jsonpath={ready}", check=False
+        )
+        if output.strip() == "True":
+            return time.monotonic() - started
+        if time.monotonic() - started > READY_TIMEOUT_SECONDS:
+            pods = real_cluster.cluster.kubectl(
+                "get", "pods,events", "-n", namespace, "-o", "wide", check=False
+            )
+            status = real_cluster.cluster.kubectl(
+                "get", "md", "iris", "-n", namespace, "-o", "yaml", check=False
+            )
+            pytest.fail(f"iris never became Ready:\n{status}\n{pods}")
+        time.sleep(0.5)
+
+
+def _infer_through_cluster_ip(real_cluster: RealCluster, namespace: str) -> list[dict[str, Any]]:
+    cluster_ip = real_cluster.cluster.kubectl(
+        "get", "service", "iris", "-n", namespace, "-o", "jsonpath={.spec.clusterIP}"
+    ).strip()
+    url = f"http://{cluster_ip}:80/v2/models/iris/infer"
+    result = subprocess.run(
+        real_cluster.in_netns(sys.executable, "-c", V2_CLIENT, url, json.dumps(v2_inference_payloads())),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    answers: list[dict[str, Any]] = json.loads(result.stdout)
+    return answers
+
+
+def _predictions(answers: list[dict[str, Any]]) -> list[int]:
+    labels = []
+    for answer in answers:
+        (predict,) = [output for output in answer["outputs"] if output["name"] == "predict"]
+        labels += predict["data"]
+    return labels
+
+
+def test_model_over_http_is_served_by_real_pods_through_the_cluster_ip(
+    real_cluster: RealCluster,
+    local_operator: OperatorProcess,
+    model_http_server: str,
+    models: dict[str, Path],
+) -> None:
+    namespace = _restricted_namespace(real_cluster)
+    manifest = _model_deployment(f"{model_http_server}/v1/model.skops", replicas=2)
+    real_cluster.cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(manifest))
+    latency = _wait_ready(real_cluster, namespace)
+    print(f"\nreal pods: apply -> Ready in {latency:.1f}s (2 replicas, model over HTTP)")
+
+    pods = json.loads(real_cluster.cluster.kubectl("get", "pods", "-n", namespace, "-o", "json"))["items"]
+    running = [pod for pod in pods if pod["status"].get("phase") == "Running"]
+    assert len(running) == 2, [pod["status"] for pod in pods]
+    # Admitted under `restricted`, and run as the image's user, not root.
+    assert all(pod["spec"]["securityContext"].get("runAsNonRoot") for pod in running)
+
+    expected = skops.io.load(
+        models["v1"] / "model.skops", trusted=skops.io.get_untrusted_types(file=models["v1"] / "model.skops")
+    ).predict(IRIS_ROWS)
+    assert _predictions(_infer_through_cluster_ip(real_cluster, namespace)) == [
+        int(label) for label in expected
+    ]
+    # The model spreads its answers over the three classes: a broken pipeline would not.
+    assert sorted(set(int(label) for label in expected)) == [0, 1, 2]
