@@ -7,6 +7,7 @@ fetched directly.
 """
 
 import base64
+import posixpath
 import re
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -15,13 +16,17 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import httpx
+import yaml
 
-from modeldeploy_serving.errors import ArtifactError
+from modeldeploy_serving.errors import ArtifactError, FetchError
 from modeldeploy_serving.transfer import with_retries
 
 _VERSION = re.compile(r"[0-9]+")
 _LOGGED_MODEL_ID = re.compile(r"m-[0-9a-f]{32}")
 _TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+
+MAX_LISTING_DEPTH = 32
+MAX_LISTING_ENTRIES = 10_000
 
 Downloader = Callable[[str, Path, Mapping[str, str] | None], None]
 
@@ -149,24 +154,43 @@ class TrackingClient:
         return models if isinstance(models, list) else []
 
     def download_proxied(self, path: str, target: Path, download: Downloader) -> None:
-        """Download a file or a directory tree from the tracking server's artifact proxy."""
+        """Download a file or a directory tree from the tracking server's artifact proxy.
+
+        The walk is bounded (MAX_LISTING_DEPTH levels, MAX_LISTING_ENTRIES entries) and refuses a
+        directory listed twice, so a listing that recurses into itself ends with an error.
+        """
         files = self._list_proxied(path)
         if not files:
             download(self._proxied_url(path), target / PurePosixPath(path).name, self._headers)
             return
-        pending = [(path, "")]
+        pending: list[tuple[str, str, list[dict[str, Any]] | None]] = [(path, "", files)]
+        seen = {path}
+        entries = 0
         while pending:
-            remote_dir, local_dir = pending.pop()
-            for entry in self._list_proxied(remote_dir):
-                name = PurePosixPath(entry["path"]).name
+            remote_dir, local_dir, listing = pending.pop()
+            for entry in listing if listing is not None else self._list_proxied(remote_dir):
+                entries += 1
+                if entries > MAX_LISTING_ENTRIES:
+                    raise ArtifactError(
+                        f"the MLflow artifact listing of {path} has more than {MAX_LISTING_ENTRIES} entries"
+                    )
+                name = PurePosixPath(str(entry.get("path", ""))).name
                 if name in ("", ".", ".."):
                     continue
                 remote = f"{remote_dir}/{name}"
                 local = f"{local_dir}{name}"
-                if entry.get("is_dir"):
-                    pending.append((remote, f"{local}/"))
-                else:
+                if not entry.get("is_dir"):
                     download(self._proxied_url(remote), target / local, self._headers)
+                    continue
+                if local.count("/") + 1 > MAX_LISTING_DEPTH:
+                    raise ArtifactError(
+                        f"the MLflow artifact listing of {path} is nested deeper than "
+                        f"{MAX_LISTING_DEPTH} directories (does it list itself?)"
+                    )
+                if remote in seen:
+                    raise ArtifactError(f"the MLflow artifact listing of {path} lists {remote} twice")
+                seen.add(remote)
+                pending.append((remote, f"{local}/", None))
 
     def _list_proxied(self, path: str) -> list[dict[str, Any]]:
         reply = self._get("mlflow-artifacts/artifacts", {"path": path})
@@ -209,3 +233,40 @@ class TrackingClient:
         if not isinstance(body, dict):
             raise ArtifactError(f"MLflow tracking server sent an unexpected answer ({endpoint})")
         return body
+
+
+MLMODEL_FILE = "MLmodel"
+
+
+def refuse_files_outside(directory: Path) -> None:
+    """Refuse an MLflow model whose MLmodel names a file outside `directory` (absolute or `../`).
+
+    The sha256 pin covers only the files inside the directory, so a model file outside it would be
+    loaded unverified.
+    """
+    mlmodel_path = directory / MLMODEL_FILE
+    if not mlmodel_path.is_file():
+        return
+    try:
+        mlmodel = yaml.safe_load(mlmodel_path.read_text())
+    except (OSError, UnicodeError, yaml.YAMLError) as error:
+        raise FetchError(f"cannot read the fetched {MLMODEL_FILE}: {error}") from None
+    flavors = mlmodel.get("flavors", {}) if isinstance(mlmodel, dict) else {}
+    for flavor_name, flavor in flavors.items() if isinstance(flavors, dict) else []:
+        if not isinstance(flavor, dict):
+            continue
+        for key in ("pickled_model", "data", "model_path"):
+            value = flavor.get(key)
+            if isinstance(value, str) and escapes_directory(value):
+                raise FetchError(
+                    f"{MLMODEL_FILE}: flavor {flavor_name}'s {key} {value!r} points outside the "
+                    "model directory, where the sha256 pin does not reach"
+                )
+
+
+def escapes_directory(relative: str) -> bool:
+    """Whether `relative`, taken inside a directory, leaves it (absolute, `..`, a NUL)."""
+    if "\0" in relative or PurePosixPath(relative).is_absolute():
+        return True
+    normal = posixpath.normpath(relative)
+    return normal == ".." or normal.startswith("../")
