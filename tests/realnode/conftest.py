@@ -7,15 +7,18 @@ They need root and Debian packages (scripts/install-realnode-deps.sh, which
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from modeldeploy_localcluster.cluster import LocalCluster
+from modeldeploy_localcluster.cluster import LocalCluster, free_port
 from modeldeploy_localcluster.images import BuiltImage, ensure_images
+from modeldeploy_localcluster.iris_models import write_iris_models
 from modeldeploy_localcluster.node import NODE_IP, RealNode
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -55,3 +58,26 @@ def real_cluster(built_images: dict[str, BuiltImage]) -> Iterator[RealCluster]:
         node.stop()
         cluster.stop()
         _progress(f"real node timings: {node.timings}")
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_iris_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def model_http_server(real_cluster: RealCluster, models: dict[str, Path]) -> Iterator[str]:
+    """A plain HTTP server inside the node's namespace, serving the models as files."""
+    root = models["v1"].parent
+    port = free_port()
+    command = [sys.executable, "-m", "http.server", "--bind", NODE_IP, str(port), "--directory", str(root)]
+    process = subprocess.Popen(
+        real_cluster.in_netns(*command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        time.sleep(1.0)
+        assert process.poll() is None, "the model HTTP server did not start"
+        yield f"http://{NODE_IP}:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -18,9 +18,7 @@ import pytest
 import skops.io
 from conftest import RealCluster
 
-from modeldeploy_localcluster.cluster import free_port
-from modeldeploy_localcluster.iris_models import IRIS_ROWS, v2_inference_payloads, write_iris_models
-from modeldeploy_localcluster.node import NODE_IP
+from modeldeploy_localcluster.iris_models import IRIS_ROWS, v2_inference_payloads
 from operator_harness import OperatorProcess, install_crd_and_rbac, service_account_kubeconfig
 
 pytestmark = pytest.mark.realnode
@@ -44,29 +42,6 @@ for payload in payloads:
         sys.exit(f"no answer from {url}")
 print(json.dumps(answers))
 """
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return write_iris_models(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(scope="module")
-def model_http_server(real_cluster: RealCluster, models: dict[str, Path]) -> Iterator[str]:
-    """A plain HTTP server inside the node's namespace, serving the models as files."""
-    root = models["v1"].parent
-    port = free_port()
-    command = [sys.executable, "-m", "http.server", "--bind", NODE_IP, str(port), "--directory", str(root)]
-    process = subprocess.Popen(
-        real_cluster.in_netns(*command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        time.sleep(1.0)
-        assert process.poll() is None, "the model HTTP server did not start"
-        yield f"http://{NODE_IP}:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
