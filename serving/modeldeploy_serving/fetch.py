@@ -148,6 +148,8 @@ def _file_name(uri: str) -> str:
 def copy_local(source: Path, target: Path, budget: Budget) -> None:
     """Copy a local file into `target`, or a directory's contents into it; symlinks are refused."""
     if source.is_dir():
+        if target.resolve().is_relative_to(source.resolve()):
+            raise FetchError(f"{source} contains the destination {target.parent}; fetch from elsewhere")
         files = _regular_files(source)
         budget.take(sum(path.stat().st_size for path in files), f"copying {source}")
         for path in files:

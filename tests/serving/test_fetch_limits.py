@@ -68,6 +68,9 @@ class HostileHandler(http.server.BaseHTTPRequestHandler):
                 self.send_header("Location", "/loop/model.bin")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+            elif path.startswith("/any/"):
+                self._headers({"Content-Length": "5"})
+                self.wfile.write(b"model")
             elif path == "/api/2.0/mlflow-artifacts/artifacts":
                 self._listing(urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query))
             else:
@@ -178,8 +181,18 @@ def test_a_dripping_server_hits_the_overall_deadline(hostile_base: str, tmp_path
 
 @pytest.mark.parametrize("value", ["0", "-1", "lots"])
 def test_a_bad_limit_is_refused_naming_the_variable(tmp_path: Path, value: str) -> None:
+    source = tmp_path / "model.skops"
+    source.write_bytes(b"model")
     with pytest.raises(FetchError, match=f"MODELDEPLOY_FETCH_MAX_BYTES='{value}'"):
-        fetch(str(tmp_path), tmp_path / "dest", None, {"MODELDEPLOY_FETCH_MAX_BYTES": value})
+        fetch(str(source), tmp_path / "dest", None, {"MODELDEPLOY_FETCH_MAX_BYTES": value})
+
+
+def test_a_directory_source_holding_the_destination_is_refused(tmp_path: Path) -> None:
+    """Copying a folder into a destination inside it used to recurse until the path was too long."""
+    (tmp_path / "model.skops").write_bytes(b"model")
+    with pytest.raises(FetchError, match="contains the destination"):
+        fetch(str(tmp_path), tmp_path / "dest", None, {})
+    assert all_files(tmp_path / "dest") == []
 
 
 def test_a_local_source_over_the_cap_is_refused_before_copying(tmp_path: Path) -> None:
@@ -295,7 +308,7 @@ def test_an_mlflow_listing_that_recurses_is_cut_off(hostile_base: str, tmp_path:
     ("path", "message"),
     [
         ("http://127.0.0.1:99999/model.bin", "http://127.0.0.1:99999/model.bin is not a valid URL"),
-        ("BASE/a%00b.bin", "control characters"),
+        ("BASE/any/a%00b.bin", "BASE/any/a%00b.bin: the file name 'a\\x00b.bin' holds control"),
         ("BASE/loop/model.bin", "BASE/loop/model.bin: too many redirects"),
         ("BASE/bad-gzip/model.bin", "BASE/bad-gzip/model.bin: the gzip-encoded body is corrupt"),
     ],
