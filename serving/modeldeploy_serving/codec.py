@@ -37,6 +37,24 @@ _ACCEPTED_KINDS = {
 }
 
 
+# numpy's limit on dimensions; a deeper shape or nesting is a client error, not a crash.
+MAX_DIMENSIONS = 32
+# The product of a shape's non-zero dimensions must stay well inside numpy's index type, or
+# numpy refuses to build even an empty array of that shape.
+_MAX_SHAPE_PRODUCT = 2**62
+
+
+def check_shape(name: str, shape: Sequence[int]) -> int:
+    """The number of elements of `shape`, or InvalidInput for a shape no array can have."""
+    if len(shape) > MAX_DIMENSIONS:
+        raise InvalidInput(f"input '{name}': shape has {len(shape)} dimensions; at most {MAX_DIMENSIONS}")
+    if any(dim < 0 for dim in shape):
+        raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
+    if math.prod(dim for dim in shape if dim) >= _MAX_SHAPE_PRODUCT:
+        raise InvalidInput(f"input '{name}': shape {list(shape)} is too large")
+    return math.prod(shape)
+
+
 def decode_tensor(name: str, datatype: str, shape: Sequence[int], data: Any) -> npt.NDArray[Any]:
     """Turn one V2 request tensor into an array of `shape` and `datatype`.
 
@@ -47,55 +65,93 @@ def decode_tensor(name: str, datatype: str, shape: Sequence[int], data: Any) -> 
         raise InvalidInput(
             f"input '{name}': unknown datatype '{datatype}'; expected one of {', '.join(V2_DATATYPES)}"
         )
-    if any(dim < 0 for dim in shape):
-        raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
+    expected_size = check_shape(name, shape)
     if not isinstance(data, list):
         raise InvalidInput(f"input '{name}': data must be a JSON array")
-    expected_size = math.prod(shape)
-    is_bytes = datatype == "BYTES"
-    array = _decode_bytes(name, data) if is_bytes else _decode_numbers(name, datatype, dtype, data)
-    if tuple(array.shape) != tuple(shape):
-        if array.ndim != 1 or array.size != expected_size:
-            raise InvalidInput(
-                f"input '{name}': data has shape {list(array.shape)} ({array.size} elements) "
-                f"but the declared shape {list(shape)} needs {expected_size} elements"
-            )
-        array = array.reshape(tuple(shape))
-    return array
-
-
-def _decode_numbers(name: str, datatype: str, dtype: np.dtype[Any], data: list[Any]) -> npt.NDArray[Any]:
-    try:
-        inferred = np.asarray(data)
-    except (ValueError, OverflowError) as error:
-        raise InvalidInput(f"input '{name}': data is ragged or not numeric ({error})") from None
-    if inferred.size == 0:
-        return inferred.astype(dtype)
-    if inferred.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
+    data_shape, flat = flatten(name, data)
+    if tuple(data_shape) != tuple(shape) and (len(data_shape) != 1 or len(flat) != expected_size):
         raise InvalidInput(
-            f"input '{name}': datatype {datatype} needs {_describe_kind(dtype.kind)} values, "
-            f"got {_describe_kind(inferred.dtype.kind)}"
+            f"input '{name}': data has shape {data_shape} ({len(flat)} elements) "
+            f"but the declared shape {list(shape)} needs {expected_size} elements"
         )
+    array = _bytes_array(name, flat) if datatype == "BYTES" else _numeric_array(name, datatype, dtype, flat)
+    return array.reshape(tuple(shape))
+
+
+def flatten(name: str, data: list[Any]) -> tuple[list[int], list[Any]]:
+    """The shape of nested lists and their leaves in row-major order; InvalidInput if ragged.
+
+    Walking the lists ourselves (instead of letting numpy infer a dtype) keeps memory bounded:
+    numpy turns one long string among many numbers into a fixed-width unicode array whose every
+    element is as wide as the longest one.
+    """
+    shape: list[int] = []
+    level: list[Any] = data
+    while True:
+        shape.append(len(level))
+        if len(shape) > MAX_DIMENSIONS:
+            raise InvalidInput(f"input '{name}': data is nested deeper than {MAX_DIMENSIONS} levels")
+        if not level or not isinstance(level[0], list):
+            break
+        level = level[0]
+    flat: list[Any] = data
+    for depth in range(1, len(shape)):
+        width = shape[depth]
+        next_flat: list[Any] = []
+        for item in flat:
+            if not isinstance(item, list) or len(item) != width:
+                raise InvalidInput(f"input '{name}': data is ragged (nested lists of different lengths)")
+            next_flat.extend(item)
+        flat = next_flat
+    if any(isinstance(item, (list, dict)) for item in flat):
+        raise InvalidInput(f"input '{name}': data is ragged (nested lists of different lengths)")
+    return shape, flat
+
+
+def _numeric_array(name: str, datatype: str, dtype: np.dtype[Any], flat: list[Any]) -> npt.NDArray[Any]:
+    if dtype.kind == "b":
+        _require_kinds(name, datatype, flat, (bool,))
+        return np.array(flat, dtype=dtype)
     if dtype.kind in "ui":
+        _require_kinds(name, datatype, flat, (int,))
         limits = np.iinfo(dtype)
-        if int(inferred.min()) < limits.min or int(inferred.max()) > limits.max:
+        if flat and (min(flat) < limits.min or max(flat) > limits.max):
             raise InvalidInput(f"input '{name}': a value is out of range for {datatype}")
-    elif dtype.kind == "f" and inferred.dtype.kind == "f" and dtype.itemsize < 8:
-        finite = inferred[np.isfinite(inferred)]
+        return np.array(flat, dtype=dtype)
+    _require_kinds(name, datatype, flat, (int, float))
+    try:
+        wide = np.array(flat, dtype=np.float64)
+    except OverflowError:
+        raise InvalidInput(f"input '{name}': a value is out of range for {datatype}") from None
+    if dtype.itemsize < 8:
+        finite = wide[np.isfinite(wide)]
         if finite.size and float(np.abs(finite).max()) > float(np.finfo(dtype).max):
             raise InvalidInput(f"input '{name}': a value is out of range for {datatype}")
-    return inferred.astype(dtype)
+    return wide.astype(dtype)
 
 
-def _decode_bytes(name: str, data: list[Any]) -> npt.NDArray[Any]:
-    try:
-        inferred = np.asarray(data, dtype=object)
-    except ValueError as error:
-        raise InvalidInput(f"input '{name}': data is ragged ({error})") from None
-    flat = inferred.reshape(-1) if inferred.size else inferred
-    if any(not isinstance(item, str) for item in flat):
+def _require_kinds(name: str, datatype: str, flat: list[Any], kinds: tuple[type, ...]) -> None:
+    """InvalidInput naming the first value whose exact type is not one of `kinds` (bool is
+    not taken for an integer, nor a number for a boolean)."""
+    for item in flat:
+        if type(item) not in kinds:
+            needed = "numeric" if float in kinds else _describe_value(kinds[0]())
+            raise InvalidInput(
+                f"input '{name}': datatype {datatype} needs {needed} values, got {_describe_value(item)}"
+            )
+
+
+def _describe_value(value: Any) -> str:
+    kinds = {bool: "boolean", int: "integer", float: "numeric", str: "string"}
+    return kinds.get(type(value), "mixed, null or too large")
+
+
+def _bytes_array(name: str, flat: list[Any]) -> npt.NDArray[Any]:
+    if not all(isinstance(item, str) for item in flat):
         raise InvalidInput(f"input '{name}': datatype BYTES needs string values")
-    return inferred
+    array = np.empty(len(flat), dtype=object)
+    array[:] = flat
+    return array
 
 
 def _describe_kind(kind: str) -> str:
@@ -238,19 +294,29 @@ def rows_from_instances(instances: Any, feature_names: Sequence[str] | None) -> 
     widths = {len(row) for row in instances}
     if len(widths) > 1:
         raise InvalidInput(f"instances have different numbers of features: {sorted(widths)}")
-    try:
-        array = np.asarray(instances)
-    except (ValueError, OverflowError) as error:
-        raise InvalidInput(f"instances are not a matrix of scalar values ({error})") from None
-    if array.ndim != 2:
-        raise InvalidInput("each instance must be a flat array of scalar feature values")
     flat = [item for row in instances for item in row]
-    if array.dtype.kind not in "biufU" and not all(_is_scalar(item) for item in flat):
-        raise InvalidInput("instances may only hold numbers, booleans and strings")
-    if array.dtype.kind == "U" and not all(isinstance(item, str) for item in flat):
-        # numpy would turn the numbers of mixed rows into strings; keep each value as it came.
-        array = np.asarray(instances, dtype=object)
-    return array
+    if not all(_is_scalar(item) for item in flat):
+        raise InvalidInput(
+            "instances are not a matrix of scalar values: they may only hold numbers, booleans and strings"
+        )
+    if any(isinstance(item, str) for item in flat):
+        # An object array keeps each value as it came; numpy would build a fixed-width unicode
+        # array as wide as the longest string for every element (memory amplification).
+        array = np.empty((len(instances), widths.pop()), dtype=object)
+        array[:] = instances
+        return array
+    integers = [item for item in flat if type(item) is int]
+    if integers and (
+        min(integers) < -(2**63)
+        or max(integers) > 2**64 - 1
+        or (max(integers) > 2**63 - 1 and min(integers) < 0)
+    ):
+        raise InvalidInput("an integer is out of the 64-bit range (INT64, or UINT64 when none is negative)")
+    if integers and len(integers) == len(flat):
+        # Only integers: the same dtypes as V2's INT64 and UINT64 (numpy would pick float64 for
+        # values beyond INT64 and lose their precision).
+        return np.array(instances, dtype=np.uint64 if max(integers) > 2**63 - 1 else np.int64)
+    return np.asarray(instances)
 
 
 def rows_from_named_columns(columns: dict[str, Any], feature_names: Sequence[str] | None) -> npt.NDArray[Any]:

@@ -174,7 +174,7 @@ class DataPlane:
         model = self._ready_model(name, version)
         rows = self._rows_from_v2(model, request)
         outputs = self._requested_outputs(model, request)
-        results = await self._predict(model, rows, outputs)
+        results = await self._predict(rows, outputs)
         response: dict[str, Any] = {
             "model_name": self._settings.model_name,
             "id": request.id if request.id is not None else str(uuid.uuid4()),
@@ -182,6 +182,8 @@ class DataPlane:
         }
         if self._settings.model_version:
             response["model_version"] = self._settings.model_version
+        # Counted only once the answer is certain: an output JSON cannot carry is a 400.
+        self._record(model, results)
         return response
 
     async def predict_v1(self, name: str, request: V1PredictRequest) -> dict[str, Any]:
@@ -195,10 +197,12 @@ class DataPlane:
         else:
             rows = codec.rows_from_instances(request.instances or request.inputs, names)
         self._check_width(model, rows)
-        results = await self._predict(model, rows, (OUTPUT_PREDICT,))
-        return {"predictions": codec.json_values(results[OUTPUT_PREDICT])}
+        results = await self._predict(rows, (OUTPUT_PREDICT,))
+        response = {"predictions": codec.json_values(results[OUTPUT_PREDICT])}
+        self._record(model, results)
+        return response
 
-    async def _predict(self, model: Model, rows: npt.NDArray[Any], outputs: Sequence[str]) -> Outputs:
+    async def _predict(self, rows: npt.NDArray[Any], outputs: Sequence[str]) -> Outputs:
         self._in_flight += 1
         try:
             if self._batcher is not None:
@@ -207,7 +211,6 @@ class DataPlane:
                 results = await self._run_in_thread(lambda: self._predict_now(rows, outputs))
         finally:
             self._in_flight -= 1
-        self._record(model, results)
         return results
 
     def _predict_now(self, rows: npt.NDArray[Any], outputs: Sequence[str]) -> Outputs:

@@ -1,6 +1,7 @@
 """Helpers shared by the server tests."""
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -50,7 +51,7 @@ SERVER = str(Path(sys.executable).parent / "modeldeploy-server")
 
 
 class RunningServer:
-    def __init__(self, model_dir: Path, **settings: str) -> None:
+    def __init__(self, model_dir: Path, memory_limit_bytes: int | None = None, **settings: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environment = {
@@ -64,9 +65,28 @@ class RunningServer:
         }
         environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
         environment.update({f"MODELDEPLOY_SERVER_{name.upper()}": value for name, value in settings.items()})
+
+        def limit_memory() -> None:
+            # A safety net for tests of memory amplification: a regression fails the request
+            # (or the server) instead of taking memory from everything else on the machine.
+            if memory_limit_bytes is not None:
+                resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
+
         self.process = subprocess.Popen(
-            [SERVER, "serve"], env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            [SERVER, "serve"],
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=limit_memory,
         )
+
+    def peak_rss_bytes(self) -> int:
+        """The most memory the server process has had resident so far (VmHWM)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmHWM in /proc status")
 
     def wait_ready(self, seconds: float = 60) -> None:
         deadline = time.monotonic() + seconds

@@ -1,5 +1,6 @@
 """The tensor codec: every datatype, both data layouts, and each way input can be wrong."""
 
+import tracemalloc
 from typing import Any
 
 import numpy as np
@@ -76,7 +77,10 @@ def test_a_nested_tensor_of_another_shape_with_the_same_size_is_refused() -> Non
         ("INT8", [128], "out of range for INT8"),
         ("UINT8", [-1], "out of range for UINT8"),
         ("FP16", [1e6], "out of range for FP16"),
-        ("UINT64", [2**70], "got mixed, null or too large"),
+        ("UINT64", [2**70], "out of range for UINT64"),
+        ("INT64", [2**63], "out of range for INT64"),
+        ("FP64", [10**400], "out of range for FP64"),
+        ("FP64", [1.0] * 1000 + ["x" * 10_000], "needs numeric values, got string"),
         ("COMPLEX", [1], "unknown datatype 'COMPLEX'"),
     ],
 )
@@ -268,3 +272,76 @@ def test_binary_tensors_become_json_data() -> None:
 def test_malformed_binary_requests_are_client_errors(header: Any, blob: bytes, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         codec.inline_binary_tensors(header, blob)
+
+
+def test_v1_rows_mixing_a_long_string_with_many_numbers_stay_objects_of_bounded_size() -> None:
+    # numpy would infer a fixed-width unicode array: 10,000 elements as wide as the string
+    # (10,000 characters, 4 bytes each) is 400 MB; as objects it is well under a megabyte.
+    instances = [[float(index), 1.0] for index in range(5_000)] + [["x" * 10_000, 2.0]]
+    tracemalloc.start()
+    try:
+        rows = codec.rows_from_instances(instances, None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert rows.dtype == object and rows.shape == (5_001, 2)
+    assert rows[-1, 0] == "x" * 10_000 and rows[0, 0] == 0.0
+    assert peak < 5_000_000
+
+
+def test_v2_numbers_mixed_with_a_long_string_are_refused_before_any_array_is_built() -> None:
+    data: list[Any] = [1.0] * 10_000 + ["x" * 10_000]
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidInput, match="needs numeric values, got string"):
+            codec.decode_tensor("x", "FP64", [len(data)], data)
+        with pytest.raises(InvalidInput, match="BYTES needs string values"):
+            codec.decode_tensor("x", "BYTES", [len(data)], data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 5_000_000
+
+
+def test_bytes_tensors_are_object_arrays_not_fixed_width_unicode() -> None:
+    array = codec.decode_tensor("x", "BYTES", [2, 2], [["a", "b" * 1000], ["c", "d"]])
+    assert array.dtype == object and array.tolist() == [["a", "b" * 1000], ["c", "d"]]
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [([1] * 65, "65 dimensions"), ([2**62, 2**62, 0], "too large"), ([2**31, 2**31, 0], "too large")],
+)
+def test_shapes_no_array_can_have_are_a_client_error(shape: list[int], message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        codec.decode_tensor("x", "FP64", shape, [])
+
+
+def test_data_nested_deeper_than_numpy_allows_is_a_client_error() -> None:
+    data: list[Any] = [1.0]
+    for _ in range(70):
+        data = [data]
+    with pytest.raises(InvalidInput, match="nested deeper"):
+        codec.decode_tensor("x", "FP64", [1], data)
+
+
+def test_an_empty_shape_with_a_zero_dimension_still_decodes() -> None:
+    assert codec.decode_tensor("x", "FP64", [3, 0], []).shape == (3, 0)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "value"), [("UINT64", 2**64 - 1), ("INT64", -(2**63)), ("INT64", 2**63 - 1)]
+)
+def test_the_extremes_of_64_bit_integers_are_accepted(datatype: str, value: int) -> None:
+    assert codec.decode_tensor("x", datatype, [2], [0, value]).tolist() == [0, value]
+
+
+def test_v1_agrees_with_v2_on_big_integers() -> None:
+    assert codec.rows_from_instances([[0, 2**64 - 1]], None).tolist() == [[0, 2**64 - 1]]
+    assert codec.rows_from_instances([[-(2**63), 1]], None).tolist() == [[-(2**63), 1]]
+    for instances in ([[2**64]], [[-1, 2**63]], [[-(2**63) - 1]]):
+        with pytest.raises(InvalidInput, match="64-bit range"):
+            codec.rows_from_instances(instances, None)
+        with pytest.raises(InvalidInput, match="out of range"):
+            datatype = "INT64" if min(instances[0]) < 0 else "UINT64"
+            codec.decode_tensor("x", datatype, [len(instances[0])], instances[0])

@@ -246,3 +246,21 @@ def test_with_peers_ready_only_when_every_worker_is(tmp_path: Path, iris_classif
     assert not plane.ready()
     (tmp_path / "ready-other-worker").touch()
     assert plane.ready()
+
+
+def test_rows_answered_with_a_client_error_are_not_counted(
+    tmp_path: Path, diabetes_regressor: Any, registry: CollectorRegistry
+) -> None:
+    settings = make_settings(tmp_path, model_name="diabetes")
+    plane = DataPlane(settings, ServerMetrics(settings, registry))
+    plane.serve_model(SklearnModel(diabetes_regressor))
+    labels = {"model": "diabetes", "namespace": "ml", "model_version": "v1", "variant": "stable"}
+    # Extreme inputs drive the linear model to infinity, which JSON cannot carry: a 400.
+    extreme = [[1e308] * 10, [-1e308] * 10]
+    with pytest.raises(InvalidInput, match="not finite"):
+        run(plane.infer("diabetes", None, InferenceRequest.model_validate({"inputs": [v2_tensor(extreme)]})))
+    with pytest.raises(InvalidInput, match="not finite"):
+        run(plane.predict_v1("diabetes", V1PredictRequest.model_validate({"instances": extreme})))
+    assert not registry.get_sample_value("modeldeploy_predicted_rows_total", labels)
+    run(plane.infer("diabetes", None, InferenceRequest.model_validate({"inputs": [v2_tensor([[0.0] * 10])]})))
+    assert registry.get_sample_value("modeldeploy_predicted_rows_total", labels) == 1

@@ -1,11 +1,14 @@
 """Fuzzing every endpoint from the server's own OpenAPI document: bad input never gives a 5xx."""
 
+import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from serving_helpers import RunningServer
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
@@ -23,6 +26,10 @@ def _ready_app() -> Any:
     return create_app(server_settings, data_plane=plane, load_model=False)
 
 
+# The server's address space, a ceiling for the tests that could otherwise allocate without
+# bound: the idle server maps well under this (its thread stacks and libraries).
+_ADDRESS_SPACE_LIMIT = 3 * 2**30
+
 schema = schemathesis.openapi.from_asgi("/openapi.json", _ready_app())
 
 
@@ -34,3 +41,53 @@ def test_no_request_gets_a_server_error(case: schemathesis.Case) -> None:
     assert response.status_code < 500, response.text
     if response.status_code >= 400 and response.content:
         assert isinstance(response.json()["error"], str)
+
+
+def _mixed_bodies() -> list[tuple[str, bytes]]:
+    """Bodies of about 1 MB whose data mixes one long string with many numbers.
+
+    Before the fix numpy turned each into a fixed-width unicode array as wide as the string for
+    every element: 60,000 elements x 4,000 characters x 4 bytes, about 1 GB for each 250 kB.
+    """
+    numbers: list[Any] = [1.5] * 60_000
+    long_string = "x" * 4_000
+    v2_numeric = {
+        "inputs": [
+            {"name": "x", "shape": [15_001, 4], "datatype": "FP64", "data": [*numbers, long_string, 1, 2, 3]}
+        ]
+    }
+    v2_bytes = {
+        "inputs": [
+            {"name": "x", "shape": [15_001, 4], "datatype": "BYTES", "data": [long_string, *numbers, 1, 2, 3]}
+        ]
+    }
+    rows = [[1.5, 2.5, 3.5, 4.5]] * 15_000 + [[long_string, 1, 2, 3]]
+    v1 = {"instances": rows}
+    return [
+        ("/v2/models/iris/infer", json.dumps(v2_numeric).encode()),
+        ("/v2/models/iris/infer", json.dumps(v2_bytes).encode()),
+        ("/v1/models/iris:predict", json.dumps(v1).encode()),
+    ]
+
+
+def test_mixed_strings_and_numbers_are_a_client_error_with_bounded_memory(iris_skops_dir: Path) -> None:
+    server = RunningServer(iris_skops_dir, memory_limit_bytes=_ADDRESS_SPACE_LIMIT)
+    try:
+        server.wait_ready()
+        before = server.peak_rss_bytes()
+        for path, body in _mixed_bodies():
+            for _ in range(3):
+                reply = httpx.post(
+                    server.url + path, content=body, headers={"content-type": "application/json"}, timeout=60
+                )
+                assert reply.status_code == 400, reply.text
+                assert isinstance(reply.json()["error"], str)
+        growth = server.peak_rss_bytes() - before
+        largest = max(len(body) for _, body in _mixed_bodies())
+    finally:
+        server.stop()
+    # Parsing the JSON into Python objects costs some tens of bytes per value; the old decoder
+    # needed about 4,000 times the body.
+    assert growth < 64 * largest, (
+        f"peak RSS grew by {growth / 2**20:.0f} MiB for {largest / 2**20:.1f} MiB bodies"
+    )

@@ -162,6 +162,24 @@ def test_binary_tensor_requests(client: TestClient) -> None:
         ("post", "/v1/models/iris:predict", b'{"instances": [[1, 2]]}', 400, "expects 4 features"),
         ("post", "/v1/models/iris:predict", b'{"instances": "rows"}', 400, "body.instances"),
         ("get", "/v3/anything", None, 404, "Not Found"),
+        (
+            "post",
+            "/v2/models/iris/infer",
+            json.dumps(
+                {"inputs": [{"name": "x", "shape": [1] * 65, "datatype": "FP64", "data": [1]}]}
+            ).encode(),
+            400,
+            "65 dimensions",
+        ),
+        (
+            "post",
+            "/v2/models/iris/infer",
+            json.dumps(
+                {"inputs": [{"name": "x", "shape": [2**62, 2**62, 0], "datatype": "FP64", "data": []}]}
+            ).encode(),
+            400,
+            "too large",
+        ),
         ("get", "/v2/models/iris/infer", None, 405, "Method Not Allowed"),
     ],
 )
