@@ -133,11 +133,80 @@ def load_estimator_file(
             estimator = _load_skops(path, trusted_types)
         else:
             estimator = load_pickle_based(path, file_format, allow_pickle)
+    check_trees(estimator)
     saved_with = sklearn.__version__ if hasattr(estimator, "predict") else None
     for warning in caught:
         if isinstance(warning.message, InconsistentVersionWarning):
             saved_with = warning.message.original_sklearn_version
     return estimator, saved_with
+
+
+# How deep check_trees looks into nested estimators (pipelines of ensembles of trees).
+_MAX_ESTIMATOR_DEPTH = 16
+
+
+def check_trees(estimator: Any) -> None:
+    """ArtifactError for a decision tree anywhere in `estimator` whose node arrays are corrupt.
+
+    scikit-learn's compiled tree code trusts these arrays: a child or feature index out of range
+    reads outside memory and crashes the process at the first row that reaches the node. A file
+    that skops loads with only trusted types can still hold such arrays.
+    """
+    from sklearn.tree._tree import Tree
+
+    seen: set[int] = set()
+    pending: list[tuple[Any, int]] = [(estimator, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if id(item) in seen or depth > _MAX_ESTIMATOR_DEPTH:
+            continue
+        seen.add(id(item))
+        if isinstance(item, Tree):
+            problem = tree_problem(
+                np.asarray(item.children_left),
+                np.asarray(item.children_right),
+                np.asarray(item.feature),
+                int(item.n_features),
+                int(np.asarray(item.value).shape[0]),
+            )
+            if problem is not None:
+                raise ArtifactError(f"the model holds a corrupt decision tree: {problem}")
+        elif isinstance(item, (list, tuple)):
+            pending.extend((child, depth + 1) for child in item)
+        elif isinstance(item, dict):
+            pending.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, np.ndarray) and item.dtype == object:
+            pending.extend((child, depth + 1) for child in item.reshape(-1))
+        elif type(item).__module__.startswith("sklearn.") and hasattr(item, "__dict__"):
+            pending.extend((child, depth + 1) for child in vars(item).values())
+
+
+def tree_problem(
+    left: npt.NDArray[Any], right: npt.NDArray[Any], feature: npt.NDArray[Any], n_features: int, n_values: int
+) -> str | None:
+    """What is wrong with a tree's node arrays, or None.
+
+    Leaves have -1 for both children; an inner node's children come after it (scikit-learn adds
+    nodes parent first), which also rules out cycles, and it splits on a feature the model has.
+    """
+    count = len(left)
+    if len(right) != count or len(feature) != count or n_values != count:
+        return f"its node arrays differ in length ({count}, {len(right)}, {len(feature)}, {n_values})"
+    nodes = np.arange(count)
+    leaf = left == -1
+    if not np.array_equal(leaf, right == -1):
+        return "a node has exactly one child"
+    inner = ~leaf
+    for name, children in (("left", left), ("right", right)):
+        bad = inner & ((children <= nodes) | (children >= count))
+        if bad.any():
+            node = int(np.argmax(bad))
+            return f"node {node} has {name} child {int(children[node])}, outside {node + 1}..{count - 1}"
+    bad_feature = inner & ((feature < 0) | (feature >= n_features))
+    if bad_feature.any():
+        node = int(np.argmax(bad_feature))
+        return f"node {node} splits on feature {int(feature[node])} of a model with {n_features}"
+    return None
 
 
 def is_sklearn_class(name: str) -> bool:

@@ -258,3 +258,53 @@ def test_an_mlflow_model_of_another_flavor_is_refused(tmp_path: Path) -> None:
     (tmp_path / "data.pth").write_bytes(b"x")
     with pytest.raises(ArtifactError, match=r"no sklearn flavor \(flavors: .*pytorch"):
         load(tmp_path)
+
+
+def _corrupt_tree(tree: Any, field: str, node: int, value: int) -> None:
+    state = tree.__getstate__()
+    nodes = state["nodes"].copy()
+    nodes[field][node] = value
+    state["nodes"] = nodes
+    tree.__setstate__(state)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("left_child", 10**6, "left child 1000000"),
+        ("right_child", 0, "right child 0"),
+        ("feature", 99, "feature 99 of a model with 4"),
+        ("left_child", -1, "exactly one child"),
+    ],
+)
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_a_skops_tree_with_out_of_range_indices_is_refused_at_load(
+    tmp_path: Path, field: str, value: int, message: str, ensemble: bool
+) -> None:
+    from sklearn.datasets import load_iris
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.tree import DecisionTreeClassifier
+
+    features, labels = load_iris(return_X_y=True)
+    model: Any = (
+        RandomForestClassifier(n_estimators=3, max_depth=3, random_state=0)
+        if ensemble
+        else DecisionTreeClassifier(max_depth=3, random_state=0)
+    ).fit(features, labels)
+    tree = model.estimators_[-1].tree_ if ensemble else model.tree_
+    _corrupt_tree(tree, field, 0, value)
+    skops.io.dump(model, tmp_path / "model.skops")
+    with pytest.raises(ArtifactError, match=f"corrupt decision tree: .*{message}"):
+        load_artifact(tmp_path, ModelFormat.AUTO, None, False, VersionMismatchPolicy.REFUSE)
+
+
+def test_a_sound_forest_passes_the_tree_check(tmp_path: Path) -> None:
+    from sklearn.datasets import load_iris
+    from sklearn.ensemble import RandomForestClassifier
+
+    features, labels = load_iris(return_X_y=True)
+    skops.io.dump(
+        RandomForestClassifier(n_estimators=3, random_state=0).fit(features, labels), tmp_path / "m.skops"
+    )
+    loaded = load_artifact(tmp_path, ModelFormat.AUTO, None, False, VersionMismatchPolicy.REFUSE)
+    assert loaded.format == "skops"
