@@ -6,7 +6,9 @@ Everything above it works with plain dicts; client exceptions are turned into
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +30,31 @@ VirtualServiceResource = create_namespaced_resource(
     "networking.istio.io", "v1", "VirtualService", "virtualservices"
 )
 Manifest = dict[str, Any]
+
+
+class WriteFence:
+    """Lets this process write only while it is known to hold the leader-election Lease.
+
+    The Lease is valid on the API server until its renewTime plus its duration; this replica only
+    knows its last renewal began at some moment, so it writes until that moment plus the renew
+    deadline, which is shorter than the Lease: a standby can take over only after the old leader
+    stopped writing, whatever its event loop was busy with. Without leader election it is open.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._open_until: float | None = None
+
+    def open_until(self, deadline: float) -> None:
+        """Writes are allowed until `deadline` (on the fence's clock); called after each renewal."""
+        self._open_until = deadline
+
+    def close(self) -> None:
+        self._open_until = float("-inf")
+
+    def check(self, action: str) -> None:
+        if self._open_until is not None and self._clock() >= self._open_until:
+            raise KubernetesError(f"{action}: refused, this replica no longer holds the leader Lease")
 
 
 class KubernetesError(RuntimeError):
@@ -74,9 +101,10 @@ def _resource_of(api_version: str, kind: str) -> Any:
 class KubeStorage:
     """Reads and writes the objects one ModelDeployment owns, with server-side apply."""
 
-    def __init__(self, client: AsyncClient, field_manager: str) -> None:
+    def __init__(self, client: AsyncClient, field_manager: str, fence: WriteFence | None = None) -> None:
         self._client = client
         self._field_manager = field_manager
+        self._fence = fence if fence is not None else WRITE_FENCE
 
     async def apply(self, manifest: Manifest) -> Manifest:
         """Server-side apply under our field manager, forcing conflicts.
@@ -85,6 +113,7 @@ class KubeStorage:
         we do not send, such as an HPA's replica count, stay with whoever owns them.
         """
         metadata = manifest["metadata"]
+        self._fence.check(_describe("apply", manifest["kind"], metadata["name"], metadata.get("namespace")))
         METRICS.kubernetes_writes.labels("apply", manifest["kind"]).inc()
         with _api_call(_describe("apply", manifest["kind"], metadata["name"], metadata.get("namespace"))):
             applied: Any = await self._client.apply(
@@ -107,6 +136,7 @@ class KubeStorage:
 
     async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> bool:
         """Deletes the object; False when it was already gone."""
+        self._fence.check(_describe("delete", kind, name, namespace))
         METRICS.kubernetes_writes.labels("delete", kind).inc()
         try:
             with _api_call(_describe("delete", kind, name, namespace)):
@@ -126,17 +156,58 @@ class KubeStorage:
             )
             return [dict(item.to_dict()) async for item in items]
 
-    async def patch_status(self, name: str, namespace: str, status: Mapping[str, Any]) -> None:
-        """Merge-patches the status subresource (the spec is the user's, never written here)."""
+    async def patch_status(
+        self, name: str, namespace: str, status: Mapping[str, Any], resource_version: str | None
+    ) -> None:
+        """Merge-patches the status subresource (the spec is the user's, never written here).
+
+        With `resource_version`, the API server applies the patch only to that version of the object
+        and answers 409 otherwise: a status decided from an object that changed since is never written.
+        """
+        self._fence.check(_describe("patch status of", KIND, name, namespace))
         METRICS.kubernetes_writes.labels("patch-status", KIND).inc()
+        patch: dict[str, Any] = {"status": dict(status)}
+        if resource_version is not None:
+            patch["metadata"] = {"resourceVersion": resource_version}
         with _api_call(_describe("patch status of", KIND, name, namespace)):
             await self._client.patch(
-                ModelDeploymentResource.Status,
-                name,
-                {"status": dict(status)},
-                namespace=namespace,
-                patch_type=PatchType.MERGE,
+                ModelDeploymentResource.Status, name, patch, namespace=namespace, patch_type=PatchType.MERGE
             )
+
+    async def post_event(
+        self, involved: Mapping[str, Any], type_: str, reason: str, message: str, component: str
+    ) -> None:
+        """Creates a core/v1 Event about `involved` (a ModelDeployment as read)."""
+        metadata = involved["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{metadata['name']}.{uuid.uuid4().hex[:16]}",
+                "namespace": metadata["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": metadata["name"],
+                "namespace": metadata["namespace"],
+                "uid": metadata.get("uid"),
+                "resourceVersion": metadata.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": component},
+            "reportingComponent": component,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self._fence.check(_describe("create", "Event", reason, metadata["namespace"]))
+        METRICS.kubernetes_writes.labels("create", "Event").inc()
+        with _api_call(_describe("create", "Event", reason, metadata["namespace"])):
+            await self._client.create(codecs.from_dict(event))
 
     async def get_model_deployment(self, name: str, namespace: str) -> Manifest | None:
         return await self.get(f"{GROUP}/{VERSION}", KIND, name, namespace)
@@ -164,6 +235,10 @@ class KubeStorage:
         with _api_call(f"list {KIND} in {namespace or 'all namespaces'}"):
             items = self._client.list(ModelDeploymentResource, namespace=namespace or "*")
             return [dict(item) async for item in items]
+
+
+# The process' own fence: leader election opens it, every KubeStorage write checks it.
+WRITE_FENCE = WriteFence()
 
 
 @dataclass(frozen=True)

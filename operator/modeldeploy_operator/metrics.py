@@ -40,8 +40,15 @@ class OperatorMetrics:
         )
         self.events = Counter(
             PREFIX + "events_total",
-            "Kubernetes Events posted about ModelDeployments, by type and reason.",
-            ["type", "reason"],
+            "Kubernetes Events about ModelDeployments, by type, reason and result (posted or failed).",
+            ["type", "reason", "result"],
+            registry=registry,
+        )
+        self.reconcile_failures = Counter(
+            PREFIX + "reconcile_failures_total",
+            "Reconciles that failed and are retried with backoff, by reason (KubernetesAPIError or"
+            " UnexpectedError).",
+            ["reason"],
             registry=registry,
         )
         self.rollouts_started = Counter(

@@ -1,8 +1,12 @@
 """The reconcile of one ModelDeployment: desired children applied, status observed and written.
 
-It runs for every trigger (create, update, resume, a child's change, the periodic timer)
-and is idempotent: when nothing changed, it applies identical objects (which the API server
-does not persist) and writes no status.
+Every trigger (the ModelDeployment's own events, a child's change, a rollout's wake-up, the
+periodic resync) only names the object: `requeue(name, namespace)`. A bounded number of
+workers then reconcile it as it is stored when its turn comes, never a body handed over
+earlier, one reconcile at a time per object. The status is written with the resourceVersion it
+was decided from; when the object changed meanwhile (409), it is read and decided again. Any
+failure becomes a ReconcileFailed condition, a rate-limited Warning Event, a metric and a retry
+with backoff, never a silent stop. When nothing changed, a reconcile writes nothing.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from modeldeploy_operator.status import (
     compute_status,
     invalid_spec_status,
     observe_canary_pods,
+    reconcile_failed_status,
     status_patch,
     summarize_pod_problems,
 )
@@ -60,8 +65,16 @@ COALESCE_SECONDS = 0.5
 ROLLOUT_TICK_SECONDS = 5.0
 # After a window's end, before it is queried: the last scrape of the window has to land.
 WINDOW_SETTLE_SECONDS = 0.2
-# After a failed reconcile that no event will repeat.
-RETRY_SECONDS = 15.0
+# How many ModelDeployments are reconciled at once (each object one reconcile at a time).
+WORKERS = 4
+# After a failed reconcile: the first retry, doubled at each failure in a row, up to the last.
+RETRY_FIRST_SECONDS = 1.0
+RETRY_MAX_SECONDS = 300.0
+# The same failure is told in a Warning Event at most this often (the condition always says it).
+FAILURE_EVENT_SECONDS = 300.0
+# Reads and decisions again when the object changed between the read and the status write.
+CONFLICT_ATTEMPTS = 3
+EVENT_COMPONENT = "modeldeploy-operator"
 _logger = logging.getLogger("modeldeploy.reconcile")
 
 # Children that exist only while the spec or a rollout asks for them (the stable Deployment
@@ -167,6 +180,30 @@ def transition_events(previous: Mapping[str, Any] | None, current: Mapping[str, 
     return events
 
 
+def controlled_by(child: Mapping[str, Any], owner_uid: str) -> bool:
+    """Whether `child` names the ModelDeployment with this UID as its controller. Labels alone are
+    anyone's to set: with the operator's delete rights, deleting by label would delete whatever a
+    user labelled like a child, or the child of an earlier ModelDeployment of the same name."""
+    return any(
+        reference.get("uid") == owner_uid and reference.get("controller") is True
+        for reference in child.get("metadata", {}).get("ownerReferences") or []
+    )
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds before the retry after `failures` failed reconciles in a row (1 for the first)."""
+    doubled: float = RETRY_FIRST_SECONDS * 2.0 ** min(max(failures - 1, 0), 30)
+    return min(RETRY_MAX_SECONDS, doubled)
+
+
+def describe_failure(error: BaseException) -> tuple[str, str]:
+    """The reason (CamelCase) and the one-line message of a failed reconcile."""
+    if isinstance(error, KubernetesError):
+        return "KubernetesAPIError", str(error)
+    text = " ".join(str(error).split())
+    return "UnexpectedError", f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def rollout_wake_up(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, now: datetime) -> float:
     """Seconds until a running rollout should be looked at again: at the latest the tick, sooner
     when its analysis window ends first."""
@@ -178,7 +215,7 @@ def rollout_wake_up(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, no
 
 
 class Reconciler:
-    """Reconciles ModelDeployments one at a time per object (triggers may arrive concurrently)."""
+    """Reconciles ModelDeployments by key: at most WORKERS at once, one at a time per object."""
 
     def __init__(
         self,
@@ -186,21 +223,24 @@ class Reconciler:
         settings: OperatorSettings,
         prometheus: PrometheusClient,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        on_outcome: Callable[[Manifest, Outcome], None] = lambda body, outcome: None,
         metrics: OperatorMetrics = METRICS,
+        workers: int = WORKERS,
     ) -> None:
         self._storage = storage
         self._metrics = metrics
         self._prometheus = prometheus
-        self._on_outcome = on_outcome
         # Per object: the requeue still waiting, and when (monotonic clock) it is due.
         self._requeued: dict[tuple[str, str], tuple[asyncio.Task[None], float]] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._closed = False
         self._settings = settings
         self._clock = clock
+        self._workers = workers
+        self._slots: asyncio.Semaphore | None = None
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._queued: set[tuple[str, str]] = set()
+        # Per object: failed reconciles in a row, and the last failure told in an Event (and when).
+        self._failures: dict[tuple[str, str], int] = {}
+        self._failure_told: dict[tuple[str, str], tuple[str, float]] = {}
         # Per child: what we last applied and the resourceVersion it produced.
         self._applied: dict[tuple[str, str, str], tuple[str, str]] = {}
 
@@ -228,32 +268,124 @@ class Reconciler:
         self._applied[key] = (fingerprint, applied["metadata"]["resourceVersion"])
         return applied
 
-    async def reconcile_by_name(self, name: str, namespace: str) -> tuple[Manifest, Outcome] | None:
-        """Reconciles the ModelDeployment as stored when its turn comes.
+    async def reconcile_key(self, name: str, namespace: str) -> Outcome | None:
+        """Reconciles the ModelDeployment as stored now, and posts the Events of what changed.
 
-        Child events arrive in bursts (every pod of a rollout changes several times); one
-        reconcile already waiting covers them all, because it reads the object afresh.
-        Returns None when the trigger was coalesced or the ModelDeployment is gone.
+        Returns None when it is gone or the reconcile failed; a failure is reported (status,
+        Event, metric) and retried with backoff here, never raised.
         """
         key = (namespace, name)
-        if key in self._queued:
-            return None
-        self._queued.add(key)
-        try:
-            await asyncio.sleep(COALESCE_SECONDS)
-            async with self._locks[key]:
-                self._queued.discard(key)
-                body = await self._storage.get_model_deployment(name, namespace)
-                if body is None:
-                    self._metrics.forget(namespace, name)
-                    return None
-                return body, await self._measured_reconcile(body)
-        finally:
-            self._queued.discard(key)
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._workers)
+        async with self._slots, self._locks[key]:
+            try:
+                reconciled = await self._reconcile_stored(name, namespace)
+            except Exception as error:
+                await self._report_failure(name, namespace, error)
+                return None
+            self._failures.pop(key, None)
+            self._failure_told.pop(key, None)
+            if reconciled is None:
+                self._forget(key)
+                return None
+            body, outcome = reconciled
+            await self._post_events(body, outcome.events)
+            return outcome
 
-    def requeue(self, name: str, namespace: str, delay: float) -> None:
-        """Reconciles again after `delay` seconds (once, however often it is asked meanwhile; an
-        earlier request replaces a later one that is still waiting).
+    def _forget(self, key: tuple[str, str]) -> None:
+        """Drops what is kept per object once it is gone, so the operator does not grow with churn."""
+        namespace, name = key
+        self._metrics.forget(namespace, name)
+        self._locks.pop(key, None)
+        self._applied = {
+            child: value
+            for child, value in self._applied.items()
+            if child[1] != namespace or not _owned_by(child[2], name)
+        }
+
+    async def _reconcile_stored(self, name: str, namespace: str) -> tuple[Manifest, Outcome] | None:
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            body = await self._storage.get_model_deployment(name, namespace)
+            if body is None:
+                return None
+            try:
+                return body, await self._measured_reconcile(body)
+            except KubernetesError as error:
+                if not error.is_conflict or attempt == CONFLICT_ATTEMPTS:
+                    raise
+                _logger.info(
+                    "ModelDeployment %s/%s changed while reconciled: reading it again", namespace, name
+                )
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _report_failure(self, name: str, namespace: str, error: Exception) -> None:
+        key = (namespace, name)
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        delay = retry_delay(failures)
+        reason, message = describe_failure(error)
+        self._metrics.reconcile_failures.labels(reason).inc()
+        _logger.warning(
+            "Reconcile of ModelDeployment %s/%s failed (%d in a row), retrying in %.0fs: %s",
+            namespace,
+            name,
+            failures,
+            delay,
+            message,
+            exc_info=not isinstance(error, KubernetesError),
+        )
+        self.requeue(name, namespace, delay)
+        try:
+            body = await self._storage.get_model_deployment(name, namespace)
+            if body is None:
+                return
+            status = reconcile_failed_status(
+                generation=int(body["metadata"].get("generation", 1)),
+                reason=reason,
+                message=f"{message} (retrying in {delay:.0f}s, failure {failures} in a row)",
+                now=self._clock(),
+                previous=body.get("status"),
+            )
+            patch = status_patch(body.get("status"), _without_retry_count(status, body.get("status")))
+            if patch is not None:
+                await self._storage.patch_status(
+                    name, namespace, patch, body["metadata"].get("resourceVersion")
+                )
+            told = self._failure_told.get(key)
+            if told is None or told[0] != message or time.monotonic() - told[1] >= FAILURE_EVENT_SECONDS:
+                self._failure_told[key] = (message, time.monotonic())
+                await self._post_events(body, [Event("Warning", reason, message)])
+        except Exception as report_error:
+            _logger.warning(
+                "Could not report the failure of ModelDeployment %s/%s in its status: %s",
+                namespace,
+                name,
+                describe_failure(report_error)[1],
+            )
+
+    async def _post_events(self, body: Manifest, events: list[Event]) -> None:
+        """Posts each Event; one that cannot be posted is logged and counted, never silently lost."""
+        metadata = body["metadata"]
+        for event in events:
+            try:
+                await self._storage.post_event(body, event.type, event.reason, event.message, EVENT_COMPONENT)
+            except KubernetesError as error:
+                self._metrics.events.labels(event.type, event.reason, "failed").inc()
+                _logger.warning(
+                    "Could not post the %s Event %s about ModelDeployment %s/%s (%s): %s",
+                    event.type,
+                    event.reason,
+                    metadata["namespace"],
+                    metadata["name"],
+                    event.message,
+                    error,
+                )
+            else:
+                self._metrics.events.labels(event.type, event.reason, "posted").inc()
+
+    def requeue(self, name: str, namespace: str, delay: float = 0.0) -> None:
+        """Reconciles the object after `delay` seconds (once, however often it is asked meanwhile; an
+        earlier request replaces a later one that is still waiting). Every trigger comes through here.
 
         A rollout's steps and analysis windows end on the clock rather than on an event; this
         replaces kopf timers, which would put a finalizer on every ModelDeployment.
@@ -272,16 +404,7 @@ class Reconciler:
         async def later() -> None:
             await asyncio.sleep(delay)
             self._requeued.pop(key, None)
-            try:
-                reconciled = await self.reconcile_by_name(name, namespace)
-            except KubernetesError as error:
-                _logger.warning(
-                    "Reconcile of ModelDeployment %s/%s failed, retrying: %s", namespace, name, error
-                )
-                self.requeue(name, namespace, RETRY_SECONDS)
-                return
-            if reconciled is not None:
-                self._on_outcome(*reconciled)
+            await self.reconcile_key(name, namespace)
 
         task = asyncio.create_task(later())
         self._requeued[key] = (task, due)
@@ -307,9 +430,9 @@ class Reconciler:
         self._requeued.clear()
 
     async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
+        """Reconciles the object `body` names, as it is stored now (`body` itself is not used)."""
         metadata = body["metadata"]
-        async with self._locks[(metadata["namespace"], metadata["name"])]:
-            return await self._measured_reconcile(body)
+        return await self.reconcile_key(metadata["name"], metadata["namespace"]) or Outcome()
 
     async def _measured_reconcile(self, body: Mapping[str, Any]) -> Outcome:
         started = time.perf_counter()
@@ -336,7 +459,7 @@ class Reconciler:
             status = invalid_spec_status(
                 generation=generation, message=validation_message(error), now=self._clock(), previous=previous
             )
-            return await self._write_status(owner, previous, status)
+            return await self._write_status(body, status)
 
         now = self._clock()
         current = _parse_status(previous)
@@ -371,7 +494,7 @@ class Reconciler:
         )
         if decision.status.canary is not None:
             self.requeue(owner.name, owner.namespace, rollout_wake_up(spec, decision.status, now))
-        outcome = await self._write_status(owner, previous, status)
+        outcome = await self._write_status(body, status)
         rollout_events = [
             Event(action.type, action.reason, action.message)
             for action in decision.actions
@@ -443,14 +566,39 @@ class Reconciler:
                 raise
             for existing in existing_children:
                 name = existing["metadata"]["name"]
-                if (kind, name) not in wanted:
+                if (kind, name) not in wanted and controlled_by(existing, owner.uid):
                     await self._storage.delete(api_version, kind, name, owner.namespace)
 
-    async def _write_status(
-        self, owner: Owner, previous: Mapping[str, Any] | None, status: Manifest
-    ) -> Outcome:
+    async def _write_status(self, body: Mapping[str, Any], status: Manifest) -> Outcome:
+        """Writes the status decided from `body`, only onto that version of the object (409 otherwise)."""
+        metadata, previous = body["metadata"], body.get("status")
         patch = status_patch(previous, status)
         if patch is None:
             return Outcome()
-        await self._storage.patch_status(owner.name, owner.namespace, patch)
+        await self._storage.patch_status(
+            metadata["name"], metadata["namespace"], patch, metadata.get("resourceVersion")
+        )
         return Outcome(status_written=True, events=transition_events(previous, status))
+
+
+def _owned_by(child_name: str, owner_name: str) -> bool:
+    """Whether a child's name is one the builders give children of `owner_name` (NAME, NAME-...)."""
+    return child_name == owner_name or child_name.startswith(f"{owner_name}-")
+
+
+def _without_retry_count(status: Manifest, previous: Mapping[str, Any] | None) -> Manifest:
+    """`status`, keeping the stored ReconcileFailed message when only the retry count in it changed:
+    a failure repeating every few minutes is not worth a status write each time."""
+
+    def failed(conditions: Any) -> Mapping[str, Any] | None:
+        return next((c for c in conditions or [] if c.get("type") == "ReconcileFailed"), None)
+
+    before, after = failed((previous or {}).get("conditions")), failed(status.get("conditions"))
+    if before is None or after is None:
+        return status
+    if (
+        str(before.get("message", "")).split(" (retrying in ")[0]
+        != str(after["message"]).split(" (retrying in ")[0]
+    ):
+        return status
+    return {**status, "conditions": [before if c is after else c for c in status["conditions"]]}

@@ -566,7 +566,9 @@ class Analysis(CamelModel):
     """Base URL of the Prometheus HTTP API; the operator's default when unset."""
 
     min_samples: Annotated[int, Field(ge=1)] = 50
-    """Fewest requests each variant must serve in a step before its checks give a verdict."""
+    """Fewest requests the canary must serve in a step before its checks give a verdict; checks that
+    compare with the stable model (maxIncrease, maxIncreaseRatio, predictionShift) need as many from
+    the stable model too."""
 
     error_rate: ErrorRateCheck = Field(default_factory=ErrorRateCheck)
     """Built-in check of failed requests."""

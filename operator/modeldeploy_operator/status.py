@@ -368,6 +368,22 @@ def invalid_spec_status(
     return _dump(status)
 
 
+RECONCILE_FAILED = "ReconcileFailed"
+
+
+def reconcile_failed_status(
+    *, generation: int, reason: str, message: str, now: datetime, previous: Mapping[str, Any] | None
+) -> Manifest:
+    """The stored status with a ReconcileFailed condition added (or updated): the last reconcile
+    raised and is retried with backoff. Everything else stays as the last successful reconcile
+    wrote it; the next successful one writes its own conditions, without this one."""
+    now = now.replace(microsecond=0)
+    before = _parse_previous(previous)
+    kept = [condition for condition in before.conditions if condition.type != RECONCILE_FAILED]
+    (failed,) = _conditions(before, generation, now, [(RECONCILE_FAILED, True, reason, message[:4096])])
+    return _dump(before.model_copy(update={"conditions": [*kept, failed]}))
+
+
 def status_patch(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> Manifest | None:
     """A JSON merge patch turning `previous` into `new`, or None when nothing changed.
 

@@ -1,6 +1,7 @@
 """The server's configuration, read from `MODELDEPLOY_SERVER_*` environment variables.
 
-The operator imports this module to pin the variable names it sets, so it must stay
+The operator sets these variables on the pods it builds; its tests import this module to check
+that every name it sets is a field here (tests/unit/test_builders.py), so it must stay
 importable without the ML libraries or the web framework.
 """
 

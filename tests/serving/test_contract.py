@@ -1,7 +1,8 @@
 """The coupling with the operator: environment variable names and metric names.
 
-The operator imports `settings` and `metric_names`; both must import without the server's heavy
-dependencies, and their values must not change by accident.
+The operator's analysis imports `metric_names`, and the builders' tests check the variables they set
+against `settings`; both must import without the server's heavy dependencies, and their values must
+not change by accident.
 """
 
 import subprocess

@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
-from modeldeploy_operator.kube import KubeStorage
+from modeldeploy_operator.kube import KubernetesError, KubeStorage
+from modeldeploy_operator.metrics import OperatorMetrics
 from modeldeploy_operator.prometheus import PrometheusClient
-from modeldeploy_operator.reconcile import Reconciler, holds_fields, transition_events
+from modeldeploy_operator.reconcile import Reconciler, holds_fields, retry_delay, transition_events
 from modeldeploy_operator.settings import OperatorSettings
 from modeldeploy_operator.status import merge_patch
 
@@ -31,6 +34,8 @@ class MemoryStorage:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.writes: list[str] = []
+        self.events: list[tuple[str, str, str]] = []
+        self.model_deployment_reads = 0
         self._version = 0
 
     def _next_version(self) -> str:
@@ -74,20 +79,44 @@ class MemoryStorage:
         ]
 
     async def get_model_deployment(self, name: str, namespace: str) -> dict[str, Any] | None:
+        self.model_deployment_reads += 1
         return await self.get("modeldeploy.io/v1alpha1", "ModelDeployment", name, namespace)
 
-    async def patch_status(self, name: str, namespace: str, status: Mapping[str, Any]) -> None:
-        self.writes.append(f"status {name}")
+    async def patch_status(
+        self, name: str, namespace: str, status: Mapping[str, Any], resource_version: str | None
+    ) -> None:
         body = self.objects[("ModelDeployment", namespace, name)]
+        if resource_version is not None and resource_version != body["metadata"].get("resourceVersion"):
+            raise KubernetesError("patch status: the object has been modified", status=409)
+        self.writes.append(f"status {name}")
         merged = {**body.get("status", {}), **status}
         body["status"] = {key: value for key, value in merged.items() if value is not None}
+        body["metadata"]["resourceVersion"] = self._next_version()
+
+    async def post_event(
+        self, involved: Mapping[str, Any], type_: str, reason: str, message: str, component: str
+    ) -> None:
+        self.events.append((type_, reason, message))
+
+    def edit_model_deployment(self, **spec: Any) -> None:
+        """A user's change of the spec, as the API server stores it: new generation and resourceVersion."""
+        body = self.objects[("ModelDeployment", "ml", "iris")]
+        body["spec"] = {**body["spec"], **spec}
+        body["metadata"]["generation"] += 1
+        body["metadata"]["resourceVersion"] = self._next_version()
 
 
 def model_deployment(storage: MemoryStorage, spec: dict[str, Any]) -> dict[str, Any]:
     body = {
         "apiVersion": "modeldeploy.io/v1alpha1",
         "kind": "ModelDeployment",
-        "metadata": {"name": "iris", "namespace": "ml", "uid": "u-1", "generation": 1},
+        "metadata": {
+            "name": "iris",
+            "namespace": "ml",
+            "uid": "u-1",
+            "generation": 1,
+            "resourceVersion": "0",
+        },
         "spec": spec,
     }
     storage.objects[("ModelDeployment", "ml", "iris")] = body
@@ -172,10 +201,10 @@ def test_children_the_spec_no_longer_asks_for_are_deleted() -> None:
     run(service.reconcile(model_deployment(storage, with_extras)))
     assert {kind for kind, _, _ in storage.objects} >= {"HorizontalPodAutoscaler", "PodDisruptionBudget"}
 
-    body = copy.deepcopy(storage.objects[("ModelDeployment", "ml", "iris")])
-    body["spec"] = SPEC
-    body["metadata"]["generation"] = 2
-    run(service.reconcile(body))
+    stale = copy.deepcopy(storage.objects[("ModelDeployment", "ml", "iris")])
+    storage.objects[("ModelDeployment", "ml", "iris")]["spec"] = SPEC
+    storage.edit_model_deployment()
+    run(service.reconcile(stale))  # the body handed over is old: the stored spec counts
 
     assert "delete HorizontalPodAutoscaler/iris" in storage.writes
     assert "delete PodDisruptionBudget/iris" in storage.writes
@@ -211,17 +240,9 @@ def test_status_patches_remove_keys_dropped_inside_nested_objects() -> None:
 def test_an_earlier_requeue_replaces_a_later_one_still_waiting() -> None:
     storage = MemoryStorage()
     model_deployment(storage, SPEC)
-    reconciled: list[str] = []
 
     async def scenario() -> None:
-        typed: KubeStorage = storage  # type: ignore[assignment]
-        service = Reconciler(
-            typed,
-            OperatorSettings(server_image="registry.invalid/server:1"),
-            PrometheusClient(httpx.AsyncClient()),
-            clock=lambda: NOW,
-            on_outcome=lambda body, outcome: reconciled.append(body["metadata"]["name"]),
-        )
+        service = reconciler(storage)
         service.requeue("iris", "ml", 30)
         service.requeue("iris", "ml", 0.05)
         service.requeue("iris", "ml", 10)  # later than the one waiting: ignored
@@ -230,7 +251,7 @@ def test_an_earlier_requeue_replaces_a_later_one_still_waiting() -> None:
 
     run(scenario())
     # Only the 0.05 s request could have run within two seconds, and it ran once.
-    assert reconciled == ["iris"]
+    assert storage.model_deployment_reads == 1
 
 
 def test_ready_again_after_a_resize_is_no_news_but_a_new_model_or_a_recovery_is() -> None:
@@ -287,3 +308,160 @@ def test_a_status_change_of_a_child_is_no_reason_to_apply_it_again() -> None:
     run(service.reconcile(copy.deepcopy(storage.objects[("ModelDeployment", "ml", "iris")])))
 
     assert storage.writes[written:] == []
+
+
+def test_a_stale_body_is_never_acted_on() -> None:
+    # kopf once handed a reconcile the body of an earlier event: it re-created what the stored
+    # object no longer asked for. Whatever body a trigger carries, the stored object counts.
+    storage = MemoryStorage()
+    service = reconciler(storage)
+    stale = copy.deepcopy(model_deployment(storage, {**SPEC, "podDisruptionBudget": {"maxUnavailable": 1}}))
+    storage.objects[("ModelDeployment", "ml", "iris")]["spec"] = SPEC
+    storage.edit_model_deployment()
+
+    run(service.reconcile(stale))
+
+    assert ("PodDisruptionBudget", "ml", "iris") not in storage.objects
+
+
+class ConflictOnce(MemoryStorage):
+    """Another writer changes the object between the reconcile's read and its status write, once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conflicts = 0
+
+    async def patch_status(
+        self, name: str, namespace: str, status: Mapping[str, Any], resource_version: str | None
+    ) -> None:
+        if self.conflicts == 0:
+            self.conflicts += 1
+            self.edit_model_deployment(replicas=3)
+        await super().patch_status(name, namespace, status, resource_version)
+
+
+def test_a_status_decided_from_an_object_that_changed_meanwhile_is_decided_again() -> None:
+    storage = ConflictOnce()
+    model_deployment(storage, SPEC)
+
+    outcome = run(reconciler(storage).reconcile({"metadata": {"name": "iris", "namespace": "ml"}}))
+
+    assert storage.conflicts == 1
+    assert outcome.status_written
+    assert storage.writes.count("status iris") == 1
+    stored = storage.objects[("ModelDeployment", "ml", "iris")]
+    # Decided from the object as changed: its generation and its three replicas.
+    assert stored["status"]["observedGeneration"] == 2
+    assert storage.objects[("Deployment", "ml", "iris-stable")]["spec"]["replicas"] == 3
+    assert [reason for _, reason, _ in storage.events] == ["Ready"]
+
+
+class FailingApplies(MemoryStorage):
+    """An apply that raises something that is not a KubernetesError (an address httpx cannot parse,
+    a bug), until `healed`."""
+
+    healed = False
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        if not self.healed:
+            raise ValueError("Invalid port: '9O90'")
+        return await super().apply(manifest)
+
+
+def conditions(storage: MemoryStorage) -> dict[str, dict[str, Any]]:
+    status = storage.objects[("ModelDeployment", "ml", "iris")].get("status", {})
+    return {condition["type"]: condition for condition in status.get("conditions", [])}
+
+
+def test_any_failure_becomes_a_condition_an_event_and_a_retry_never_a_silent_stop() -> None:
+    storage = FailingApplies()
+    model_deployment(storage, SPEC)
+
+    async def scenario() -> None:
+        service = reconciler(storage)
+        assert await service.reconcile_key("iris", "ml") is None  # reported, not raised
+        failed = conditions(storage)["ReconcileFailed"]
+        assert failed["status"] == "True" and failed["reason"] == "UnexpectedError"
+        assert "ValueError: Invalid port: '9O90'" in failed["message"]
+        assert storage.events == [("Warning", "UnexpectedError", "ValueError: Invalid port: '9O90'")]
+        # The same failure again: the condition says so already, and no second Event is posted.
+        await service.reconcile_key("iris", "ml")
+        assert len(storage.events) == 1
+        assert storage.writes.count("status iris") == 1
+        # A retry is scheduled by itself; once the cause is gone it succeeds and the condition goes.
+        storage.healed = True
+        for _ in range(60):
+            await asyncio.sleep(0.1)
+            if "ReconcileFailed" not in conditions(storage):
+                break
+        service.close()
+
+    run(scenario())
+    assert "ReconcileFailed" not in conditions(storage)
+    assert conditions(storage)["Ready"]["status"] == "True"
+
+
+def test_retries_back_off_from_a_second_to_five_minutes() -> None:
+    assert [retry_delay(n) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 8.0]
+    assert retry_delay(9) == 256.0
+    assert retry_delay(10) == retry_delay(10_000) == 300.0
+
+
+class EventsRefused(MemoryStorage):
+    async def post_event(
+        self, involved: Mapping[str, Any], type_: str, reason: str, message: str, component: str
+    ) -> None:
+        raise KubernetesError("create Event: forbidden", status=403)
+
+
+def test_an_event_that_cannot_be_posted_is_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    storage = EventsRefused()
+    model_deployment(storage, SPEC)
+    registry = CollectorRegistry()
+    typed: KubeStorage = storage  # type: ignore[assignment]
+    service = Reconciler(
+        typed,
+        OperatorSettings(server_image="registry.invalid/server:1"),
+        PrometheusClient(httpx.AsyncClient()),
+        clock=lambda: NOW,
+        metrics=OperatorMetrics(registry),
+    )
+
+    run(service.reconcile({"metadata": {"name": "iris", "namespace": "ml"}}))
+
+    assert "Could not post the Normal Event Ready about ModelDeployment ml/iris" in caplog.text
+    failed = registry.get_sample_value(
+        "modeldeploy_operator_events_total", {"type": "Normal", "reason": "Ready", "result": "failed"}
+    )
+    assert failed == 1
+
+
+def test_only_children_this_model_deployment_controls_are_deleted() -> None:
+    storage = MemoryStorage()
+    service = reconciler(storage)
+    run(service.reconcile(model_deployment(storage, SPEC)))
+    labels = copy.deepcopy(storage.objects[("Deployment", "ml", "iris-stable")]["metadata"]["labels"])
+
+    def labelled_like_a_child(name: str, owner_references: list[dict[str, Any]]) -> None:
+        storage.objects[("Deployment", "ml", name)] = {
+            "kind": "Deployment",
+            "metadata": {
+                "name": name,
+                "namespace": "ml",
+                "labels": labels,
+                "ownerReferences": owner_references,
+            },
+        }
+
+    labelled_like_a_child("iris-canary", [])  # a user's own Deployment, labelled by hand
+    earlier = [{"uid": "u-0", "controller": True, "kind": "ModelDeployment", "name": "iris"}]
+    labelled_like_a_child("iris-old", earlier)  # the child of an earlier ModelDeployment named iris
+    ours = [{"uid": "u-1", "controller": True, "kind": "ModelDeployment", "name": "iris"}]
+    labelled_like_a_child("iris-leftover", ours)
+
+    storage.edit_model_deployment()
+    run(service.reconcile({"metadata": {"name": "iris", "namespace": "ml"}}))
+
+    assert ("Deployment", "ml", "iris-canary") in storage.objects
+    assert ("Deployment", "ml", "iris-old") in storage.objects
+    assert ("Deployment", "ml", "iris-leftover") not in storage.objects
