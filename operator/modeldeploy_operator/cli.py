@@ -63,10 +63,36 @@ def _elector(client: AsyncClient, settings: OperatorSettings, identity: str) -> 
     return LeaderElector(store, identity, timedelta(seconds=settings.leader_election_lease_seconds))
 
 
-async def _acquire(settings: OperatorSettings, identity: str) -> None:
+async def acquire_unless_stopped(elector: LeaderElector) -> bool:
+    """Waits for the Lease; False when SIGTERM or SIGINT comes first.
+
+    As PID 1 of a container, the process would otherwise ignore SIGTERM (the kernel drops signals
+    that PID 1 does not handle), and a standby would hold up a `helm upgrade` until it is killed.
+    """
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for number in signals:
+        loop.add_signal_handler(number, stopped.set)
+    acquiring = asyncio.create_task(elector.acquire())
+    stopping = asyncio.create_task(stopped.wait())
+    try:
+        await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for number in signals:
+            loop.remove_signal_handler(number)
+        for task in (acquiring, stopping):
+            task.cancel()
+    if acquiring.done() and not acquiring.cancelled():
+        acquiring.result()  # what acquire() raised, if anything
+        return True
+    return False
+
+
+async def _acquire(settings: OperatorSettings, identity: str) -> bool:
     client = AsyncClient(config=KubeConfig.from_env())
     try:
-        await _elector(client, settings, identity).acquire()
+        return await acquire_unless_stopped(_elector(client, settings, identity))
     finally:
         await client.close()
 
@@ -129,7 +155,11 @@ def main(argv: list[str] | None = None) -> None:
 
     identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     with standby_liveness(args.liveness):
-        asyncio.run(_acquire(settings, identity))
+        if not asyncio.run(_acquire(settings, identity)):
+            print(
+                "modeldeploy-operator: stopped while waiting for the leader-election Lease", file=sys.stderr
+            )
+            return
     stop, lost = threading.Event(), threading.Event()
     keeper = threading.Thread(target=lambda: asyncio.run(_keep(settings, identity, stop, lost)), daemon=True)
     keeper.start()

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from modeldeploy_operator.kube import KubernetesError, LeaseRecord, LeaseStore
+from modeldeploy_operator.kube import WRITE_FENCE, KubernetesError, LeaseRecord, LeaseStore, WriteFence
 
 _logger = logging.getLogger("modeldeploy.leadership")
 
@@ -44,21 +45,39 @@ def next_lease(
     )
 
 
+def renew_deadline(duration: timedelta) -> timedelta:
+    """How long the leader keeps acting after its last renewal began: two thirds of the Lease (10 s of
+    15 s, as client-go), so it has stopped for a third of the Lease before a standby may take over."""
+    return duration * 2 / 3
+
+
+def retry_interval(duration: timedelta) -> float:
+    """Seconds between renewals (and attempts to take the Lease): several fit in the renew deadline."""
+    return max(duration.total_seconds() / 6, 0.25)
+
+
 @dataclass
 class LeaderElector:
-    """Acquires and renews one Lease; calls `on_lost` if renewal fails for a whole lease duration."""
+    """Acquires and renews one Lease; calls `on_lost` when it could not renew within the renew deadline.
+
+    Each successful renewal opens the process' write fence until the renewal's start plus the renew
+    deadline, so a leader that stops renewing stops writing too, before its Lease expires.
+    """
 
     store: LeaseStore
     identity: str
     duration: timedelta
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    fence: WriteFence = field(default_factory=lambda: WRITE_FENCE)
+    monotonic: Callable[[], float] = time.monotonic
 
     @property
     def retry_seconds(self) -> float:
-        return max(self.duration.total_seconds() / 3, 0.5)
+        return retry_interval(self.duration)
 
     async def try_acquire(self) -> bool:
         """One attempt to become (or stay) leader."""
+        started = self.monotonic()
         now = self.clock()
         try:
             current = await self.store.read_lease()
@@ -70,6 +89,7 @@ class LeaderElector:
             if error.is_conflict:  # another candidate wrote first
                 return False
             raise
+        self.fence.open_until(started + renew_deadline(self.duration).total_seconds())
         return True
 
     async def acquire(self) -> None:
@@ -87,6 +107,7 @@ class LeaderElector:
             await asyncio.sleep(self.retry_seconds)
 
     async def keep(self, stop: threading.Event, on_lost: Callable[[], None]) -> None:
+        deadline = renew_deadline(self.duration)
         last_renewed = self.clock()
         while not stop.is_set():
             await asyncio.sleep(self.retry_seconds)
@@ -96,15 +117,17 @@ class LeaderElector:
                     continue
                 _logger.error("Another replica took the Lease: stopping")
             except KubernetesError as error:
-                if self.clock() - last_renewed < self.duration:
+                if self.clock() - last_renewed < deadline:
                     _logger.warning("Could not renew the Lease, retrying: %s", error)
                     continue
-                _logger.error("Could not renew the Lease for %s: stopping (%s)", self.duration, error)
+                _logger.error("Could not renew the Lease within %s: stopping (%s)", deadline, error)
+            self.fence.close()
             on_lost()
             return
 
     async def release(self) -> None:
         """Gives the Lease up on a clean shutdown, so a standby takes over at once."""
+        self.fence.close()
         try:
             current = await self.store.read_lease()
             if current is not None and current.holder == self.identity:

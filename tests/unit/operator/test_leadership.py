@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from modeldeploy_operator.kube import LeaseRecord
-from modeldeploy_operator.leadership import next_lease
+import pytest
+
+from modeldeploy_operator.cli import acquire_unless_stopped
+from modeldeploy_operator.kube import KubernetesError, LeaseRecord, LeaseStore, WriteFence
+from modeldeploy_operator.leadership import LeaderElector, next_lease, renew_deadline, retry_interval
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 DURATION = timedelta(seconds=15)
@@ -40,3 +46,70 @@ def test_our_own_lease_is_renewed_keeping_its_acquire_time() -> None:
     ours = replace(HELD_BY_OTHER, holder="me")
     renewed = next_lease(ours, "me", NOW, timedelta(seconds=20))
     assert renewed == replace(ours, renew_time=NOW, duration_seconds=20)
+
+
+class HeldByOther:
+    """A Lease store whose Lease another replica renews for ever."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def read_lease(self) -> LeaseRecord:
+        self.reads += 1
+        return replace(HELD_BY_OTHER, renew_time=datetime.now(UTC))
+
+    async def write_lease(self, record: LeaseRecord) -> None:
+        raise AssertionError("a standby must not write a Lease another replica holds")
+
+
+class Renewable:
+    """A Lease store that is ours to renew, until `failing`."""
+
+    failing = False
+
+    async def read_lease(self) -> LeaseRecord | None:
+        if self.failing:
+            raise KubernetesError("get Lease: Kubernetes API unreachable")
+        return None
+
+    async def write_lease(self, record: LeaseRecord) -> None:
+        pass
+
+
+def test_the_renew_deadline_ends_before_the_lease_so_a_standby_never_overlaps_a_leader() -> None:
+    for seconds in (3, 15, 60):
+        duration = timedelta(seconds=seconds)
+        assert renew_deadline(duration) < duration
+        # Renewals are tried at least three times before the deadline passes.
+        assert retry_interval(duration) * 3 < renew_deadline(duration).total_seconds()
+
+
+def test_a_leader_that_cannot_renew_stops_writing_before_its_lease_expires() -> None:
+    clock = {"now": 100.0}
+    fence = WriteFence(clock=lambda: clock["now"])
+    store = Renewable()
+    typed: LeaseStore = store  # type: ignore[assignment]
+    elector = LeaderElector(typed, "me", timedelta(seconds=15), fence=fence, monotonic=lambda: clock["now"])
+
+    assert asyncio.run(elector.try_acquire())
+    fence.check("apply Deployment iris-stable")  # held: writes go through
+    store.failing = True
+    clock["now"] = 109.9
+    fence.check("apply Deployment iris-stable")
+    clock["now"] = 110.0  # the renew deadline, 5 s before any standby may take the Lease
+    with pytest.raises(KubernetesError, match="no longer holds the leader Lease"):
+        fence.check("apply Deployment iris-stable")
+
+
+def test_a_standby_waiting_for_the_lease_stops_on_sigterm() -> None:
+    # As PID 1 of a container it would otherwise ignore SIGTERM and hold up an upgrade for 30 s.
+    store = HeldByOther()
+    typed: LeaseStore = store  # type: ignore[assignment]
+    elector = LeaderElector(typed, "me", timedelta(seconds=3), fence=WriteFence())
+
+    async def scenario() -> bool:
+        asyncio.get_running_loop().call_later(0.3, os.kill, os.getpid(), signal.SIGTERM)
+        return await asyncio.wait_for(acquire_unless_stopped(elector), timeout=10)
+
+    assert asyncio.run(scenario()) is False
+    assert store.reads >= 1
