@@ -278,7 +278,10 @@ def test_a_rollout_holds_while_prometheus_is_down_and_continues_when_it_returns(
     assert unreachable, during["checks"]
     messages = [check["message"] for check in unreachable]
     assert all("Prometheus is unreachable" in message for message in messages), messages
-    assert outage > 2 * STEP_SECONDS
+    # The first inconclusive window may have begun before Prometheus stopped; the second began when
+    # the first was judged (already during the outage), so at least one whole window lay inside it.
+    # Asking for two whole windows failed once in CI with an outage of 15.9 s for 8 s windows.
+    assert outage > STEP_SECONDS
     # Then it continued, step by step, to the promotion.
     assert promoted["history"][0]["outcome"] == "promoted", promoted["history"]
     assert promoted["stable"]["version"] == "v2"
