@@ -241,8 +241,10 @@ class Reconciler:
         # Per object: failed reconciles in a row, and the last failure told in an Event (and when).
         self._failures: dict[tuple[str, str], int] = {}
         self._failure_told: dict[tuple[str, str], tuple[str, float]] = {}
-        # Per child: what we last applied and the resourceVersion it produced.
-        self._applied: dict[tuple[str, str, str], tuple[str, str]] = {}
+        # Per object, per child (kind, name): what we last applied and the resourceVersion it produced.
+        self._applied: defaultdict[tuple[str, str], dict[tuple[str, str], tuple[str, str]]] = defaultdict(
+            dict
+        )
 
     async def _apply(self, child: Manifest) -> Manifest:
         """Applies a child unless it is exactly as we last applied it and still holds every field
@@ -253,9 +255,10 @@ class Reconciler:
         desired form changed is always applied, so fields we stopped setting are removed.
         """
         metadata = child["metadata"]
-        key = (child["kind"], metadata["namespace"], metadata["name"])
+        applied_by_owner = self._applied[(metadata["namespace"], metadata["labels"][LABEL_INSTANCE])]
+        key = (child["kind"], metadata["name"])
         fingerprint = hashlib.sha256(json.dumps(child, sort_keys=True).encode()).hexdigest()
-        last = self._applied.get(key)
+        last = applied_by_owner.get(key)
         if last is not None and last[0] == fingerprint:
             current = await self._storage.get(
                 child["apiVersion"], child["kind"], metadata["name"], metadata["namespace"]
@@ -265,7 +268,7 @@ class Reconciler:
             ):
                 return current
         applied = await self._storage.apply(child)
-        self._applied[key] = (fingerprint, applied["metadata"]["resourceVersion"])
+        applied_by_owner[key] = (fingerprint, applied["metadata"]["resourceVersion"])
         return applied
 
     async def reconcile_key(self, name: str, namespace: str) -> Outcome | None:
@@ -297,11 +300,7 @@ class Reconciler:
         namespace, name = key
         self._metrics.forget(namespace, name)
         self._locks.pop(key, None)
-        self._applied = {
-            child: value
-            for child, value in self._applied.items()
-            if child[1] != namespace or not _owned_by(child[2], name)
-        }
+        self._applied.pop(key, None)
 
     async def _reconcile_stored(self, name: str, namespace: str) -> tuple[Manifest, Outcome] | None:
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
@@ -342,11 +341,11 @@ class Reconciler:
             status = reconcile_failed_status(
                 generation=int(body["metadata"].get("generation", 1)),
                 reason=reason,
-                message=f"{message} (retrying in {delay:.0f}s, failure {failures} in a row)",
+                message=message,
                 now=self._clock(),
                 previous=body.get("status"),
             )
-            patch = status_patch(body.get("status"), _without_retry_count(status, body.get("status")))
+            patch = status_patch(body.get("status"), status)
             if patch is not None:
                 await self._storage.patch_status(
                     name, namespace, patch, body["metadata"].get("resourceVersion")
@@ -579,26 +578,3 @@ class Reconciler:
             metadata["name"], metadata["namespace"], patch, metadata.get("resourceVersion")
         )
         return Outcome(status_written=True, events=transition_events(previous, status))
-
-
-def _owned_by(child_name: str, owner_name: str) -> bool:
-    """Whether a child's name is one the builders give children of `owner_name` (NAME, NAME-...)."""
-    return child_name == owner_name or child_name.startswith(f"{owner_name}-")
-
-
-def _without_retry_count(status: Manifest, previous: Mapping[str, Any] | None) -> Manifest:
-    """`status`, keeping the stored ReconcileFailed message when only the retry count in it changed:
-    a failure repeating every few minutes is not worth a status write each time."""
-
-    def failed(conditions: Any) -> Mapping[str, Any] | None:
-        return next((c for c in conditions or [] if c.get("type") == "ReconcileFailed"), None)
-
-    before, after = failed((previous or {}).get("conditions")), failed(status.get("conditions"))
-    if before is None or after is None:
-        return status
-    if (
-        str(before.get("message", "")).split(" (retrying in ")[0]
-        != str(after["message"]).split(" (retrying in ")[0]
-    ):
-        return status
-    return {**status, "conditions": [before if c is after else c for c in status["conditions"]]}
