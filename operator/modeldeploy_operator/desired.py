@@ -1,25 +1,26 @@
-"""Every child a ModelDeployment should own right now, from its spec and the rollout's placement."""
+"""Every child a ModelDeployment should own right now, from its spec and the rollout's child plan."""
 
 from __future__ import annotations
 
 from modeldeploy_operator.builders import Manifest, Owner, build_children, build_deployment
-from modeldeploy_operator.rollout import Placement
+from modeldeploy_operator.ordering import ChildPlan
 from modeldeploy_operator.settings import OperatorSettings
 from modeldeploy_operator.spec import IstioTraffic, ModelDeploymentSpec
 from modeldeploy_operator.traffic import build_http_route, build_virtual_service
 
 
 def desired_children(
-    owner: Owner, spec: ModelDeploymentSpec, settings: OperatorSettings, place: Placement | None
+    owner: Owner, spec: ModelDeploymentSpec, settings: OperatorSettings, place: ChildPlan | None
 ) -> list[Manifest]:
-    """The children to apply; an owned child missing from this list is to be deleted.
+    """The children to apply; an owned child missing from this list is to be deleted, except a
+    canary Deployment the plan keeps (`place.keep_canary`).
 
     Before a stable model exists (`place` is None) the spec's model is deployed as stable.
-    Afterwards the stable Deployment serves the placement's stable model, a canary Deployment
-    exists while a rollout runs, and the traffic provider's route object carries the weight.
+    Afterwards the stable Deployment serves the plan's stable model, a canary Deployment is
+    applied while a rollout runs, and the traffic provider's route object carries the weight.
     """
     children = build_children(owner, spec, settings)
-    canary_weight = 0 if place is None else place.canary_weight
+    canary_weight = 0 if place is None else place.route_weight
     if spec.traffic.provider == "gateway-api" and spec.traffic.gateway is not None:
         children.append(build_http_route(owner, spec.traffic.gateway, canary_weight))
     elif spec.traffic.provider == "istio":

@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -28,19 +28,29 @@ from modeldeploy_operator.analysis import QueryFailure, QueryResult, evaluate, p
 from modeldeploy_operator.builders import (
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
+    LABEL_VARIANT,
     MANAGER_NAME,
     Owner,
     Variant,
     deployment_name,
     selector_labels,
+    service_name,
 )
 from modeldeploy_operator.desired import desired_children
 from modeldeploy_operator.kube import KubernetesError, KubeStorage, Manifest
 from modeldeploy_operator.metrics import METRICS, OperatorMetrics
+from modeldeploy_operator.ordering import (
+    ChildPlan,
+    Observed,
+    RouteState,
+    last_applied_at,
+    observe_deployment,
+    plan_children,
+    with_effective_weight,
+)
 from modeldeploy_operator.prometheus import PrometheusClient, PrometheusError
 from modeldeploy_operator.rollout import (
-    CanaryPods,
-    EmitEvent,
+    Placement,
     StepAnalysis,
     analysis_window,
     decide,
@@ -48,7 +58,7 @@ from modeldeploy_operator.rollout import (
     placement,
 )
 from modeldeploy_operator.settings import OperatorSettings
-from modeldeploy_operator.spec import ModelDeploymentSpec, ModelDeploymentStatus
+from modeldeploy_operator.spec import ModelDeploymentSpec, ModelDeploymentStatus, parse_duration
 from modeldeploy_operator.status import (
     compute_status,
     invalid_spec_status,
@@ -56,6 +66,11 @@ from modeldeploy_operator.status import (
     reconcile_failed_status,
     status_patch,
     summarize_pod_problems,
+)
+from modeldeploy_operator.traffic import (
+    HTTP_ROUTE_API_VERSION,
+    VIRTUAL_SERVICE_API_VERSION,
+    stored_canary_weight,
 )
 
 # How long a child's event waits for the rest of its burst before the owner is reconciled.
@@ -83,9 +98,34 @@ OPTIONAL_CHILD_KINDS = {
     "Deployment": "apps/v1",
     "HorizontalPodAutoscaler": "autoscaling/v2",
     "PodDisruptionBudget": "policy/v1",
-    "HTTPRoute": "gateway.networking.k8s.io/v1",
-    "VirtualService": "networking.istio.io/v1",
+    "HTTPRoute": HTTP_ROUTE_API_VERSION,
+    "VirtualService": VIRTUAL_SERVICE_API_VERSION,
 }
+
+
+# How long a retiring canary is kept at least while the stable Deployment grows (the rollout's
+# progress deadline, when longer).
+RETIRE_LIMIT_MIN = timedelta(minutes=1)
+VARIANTS: tuple[Variant, ...] = ("stable", "canary")
+# The route object each routing provider writes (API version, kind); named like the ModelDeployment.
+ROUTE_KINDS = {
+    "gateway-api": (HTTP_ROUTE_API_VERSION, "HTTPRoute"),
+    "istio": (VIRTUAL_SERVICE_API_VERSION, "VirtualService"),
+}
+
+
+@dataclass(frozen=True)
+class StoredChildren:
+    """The children a reconcile reads before it decides."""
+
+    owner_name: str
+    deployments: dict[str, Manifest]
+    """The server Deployments this ModelDeployment controls, by variant."""
+    pods: dict[str, list[Manifest]]
+    """Their pods, by variant."""
+    route: Manifest | None
+    by_key: dict[tuple[str, str], Manifest | None]
+    """Every child read, by (kind, name); None for one found missing."""
 
 
 @dataclass(frozen=True)
@@ -246,9 +286,10 @@ class Reconciler:
             dict
         )
 
-    async def _apply(self, child: Manifest) -> Manifest:
+    async def _apply(self, child: Manifest, stored: Mapping[tuple[str, str], Manifest | None]) -> Manifest:
         """Applies a child unless it is exactly as we last applied it and still holds every field
-        we set (only its status, or fields of other managers, changed since).
+        we set (only its status, or fields of other managers, changed since). `stored` holds the
+        children this reconcile has read already (None: found missing); others are read here.
 
         An idle reconcile then reads its children but writes nothing, not even a no-op apply, and
         neither does one after the controllers updated a Deployment's status. A child whose
@@ -260,9 +301,12 @@ class Reconciler:
         fingerprint = hashlib.sha256(json.dumps(child, sort_keys=True).encode()).hexdigest()
         last = applied_by_owner.get(key)
         if last is not None and last[0] == fingerprint:
-            current = await self._storage.get(
-                child["apiVersion"], child["kind"], metadata["name"], metadata["namespace"]
-            )
+            if key in stored:
+                current = stored[key]
+            else:
+                current = await self._storage.get(
+                    child["apiVersion"], child["kind"], metadata["name"], metadata["namespace"]
+                )
             if current is not None and (
                 current["metadata"]["resourceVersion"] == last[1] or holds_fields(current, child)
             ):
@@ -464,55 +508,111 @@ class Reconciler:
         current = _parse_status(previous)
         analysis = await self._analyse(owner, spec, current, now)
         annotations = body["metadata"].get("annotations") or {}
-        canary_pods = await self._observe_canary(owner) if current.canary is not None else None
+        stored = await self._read_children(owner, spec)
+        canary_pods = None
+        running = placement(spec, current)
+        if current.canary is not None and running is not None:
+            canary_pods = observe_canary_pods(
+                stored.deployments.get("canary"), stored.pods["canary"], running.canary_replicas
+            )
         decision = decide(
             spec, current, now, analysis=analysis, annotations=annotations, canary_pods=canary_pods
         )
-        self._metrics.observe_rollout(owner.namespace, owner.name, current, decision.status, analysis)
-        place = placement(spec, decision.status)
+        target = placement(spec, decision.status)
+        plan = None if target is None else self._plan(spec, decision.status, target, stored, now)
+        decided = decision.status if plan is None else with_effective_weight(decision.status, plan)
+        self._metrics.observe_rollout(owner.namespace, owner.name, current, decided, analysis)
 
         # The children do not depend on each other: apply them at once.
-        wanted = desired_children(owner, spec, self._settings, place)
-        applied = list(await asyncio.gather(*(self._apply(child) for child in wanted)))
-        await self._delete_unwanted_children(owner, applied)
+        wanted = desired_children(owner, spec, self._settings, plan)
+        applied = list(await asyncio.gather(*(self._apply(child, stored.by_key) for child in wanted)))
+        kept = [stored.deployments["canary"]] if plan is not None and plan.keep_canary else []
+        await self._delete_unwanted_children(owner, [*applied, *kept])
         stable_name = deployment_name(owner.name, "stable")
         stable = next(
             c for c in applied if c["kind"] == "Deployment" and c["metadata"]["name"] == stable_name
         )
-        pods = await self._server_pods(owner, "stable")
         status = compute_status(
             name=owner.name,
             namespace=owner.namespace,
             generation=generation,
             spec=spec,
             deployment=stable,
-            pod_problems=summarize_pod_problems(pods),
+            pod_problems=summarize_pod_problems(stored.pods["stable"]),
             now=now,
-            previous=decision.status.model_dump(mode="json", by_alias=True, exclude_none=True),
-            served_model=place.stable_model if place is not None else None,
+            previous=decided.model_dump(mode="json", by_alias=True, exclude_none=True),
+            served_model=plan.stable_model if plan is not None else None,
         )
-        if decision.status.canary is not None:
-            self.requeue(owner.name, owner.namespace, rollout_wake_up(spec, decision.status, now))
+        wake_up = [rollout_wake_up(spec, decided, now)] if decided.canary is not None else []
+        if plan is not None and plan.recheck_seconds is not None:
+            wake_up.append(plan.recheck_seconds)
+        if plan is not None and plan.keep_canary:
+            wake_up.append(ROLLOUT_TICK_SECONDS)  # the retire limit passes on the clock, not on an event
+        if wake_up:
+            self.requeue(owner.name, owner.namespace, min(wake_up))
         outcome = await self._write_status(body, status)
-        rollout_events = [
-            Event(action.type, action.reason, action.message)
-            for action in decision.actions
-            if isinstance(action, EmitEvent)
-        ]
-        outcome.events[:0] = rollout_events
+        outcome.events[:0] = [Event(event.type, event.reason, event.message) for event in decision.events]
         return outcome
 
-    async def _observe_canary(self, owner: Owner) -> CanaryPods | None:
-        deployment = await self._storage.get(
-            "apps/v1", "Deployment", deployment_name(owner.name, "canary"), owner.namespace
+    def _plan(
+        self,
+        spec: ModelDeploymentSpec,
+        status: ModelDeploymentStatus,
+        target: Placement,
+        stored: StoredChildren,
+        now: datetime,
+    ) -> ChildPlan:
+        route = stored.route
+        observed = Observed(
+            stable=observe_deployment(stored.deployments.get("stable")),
+            canary=observe_deployment(stored.deployments.get("canary")),
+            route=None
+            if route is None
+            else RouteState(
+                canary_weight=stored_canary_weight(route, service_name(stored.owner_name, "canary")),
+                written_at=last_applied_at(route, self._settings.field_manager),
+            ),
         )
-        if deployment is None:
-            return None
-        return observe_canary_pods(deployment, await self._server_pods(owner, "canary"))
+        return plan_children(
+            spec,
+            target,
+            observed,
+            now,
+            retiring_since=status.history[0].finished_at if status.history else None,
+            route_settle=timedelta(seconds=self._settings.route_settle_seconds),
+            retire_limit=max(parse_duration(spec.rollout.progress_deadline), RETIRE_LIMIT_MIN),
+        )
 
-    async def _server_pods(self, owner: Owner, variant: Variant) -> list[Manifest]:
-        return await self._storage.list_objects(
-            "v1", "Pod", owner.namespace, selector_labels(owner.name, variant)
+    async def _read_children(self, owner: Owner, spec: ModelDeploymentSpec) -> StoredChildren:
+        """The server Deployments this ModelDeployment controls, their pods and its route, as stored."""
+        owned = {LABEL_INSTANCE: owner.name, LABEL_MANAGED_BY: MANAGER_NAME}
+        deployments, pods = await asyncio.gather(
+            self._storage.list_objects("apps/v1", "Deployment", owner.namespace, owned),
+            self._storage.list_objects("v1", "Pod", owner.namespace, selector_labels(owner.name)),
+        )
+        route = None
+        route_kind = ROUTE_KINDS.get(spec.traffic.provider)
+        if route_kind is not None:
+            route = await self._storage.get(*route_kind, owner.name, owner.namespace)
+        names = {deployment_name(owner.name, variant): variant for variant in VARIANTS}
+        by_variant: dict[str, Manifest] = {
+            names[deployment["metadata"]["name"]]: deployment
+            for deployment in deployments
+            if deployment["metadata"]["name"] in names and controlled_by(deployment, owner.uid)
+        }
+        pods_by_variant: dict[str, list[Manifest]] = {variant: [] for variant in VARIANTS}
+        for pod in pods:
+            variant = (pod["metadata"].get("labels") or {}).get(LABEL_VARIANT)
+            if variant in pods_by_variant:
+                pods_by_variant[variant].append(pod)
+        # What was read here need not be read again before it is applied (None: it does not exist).
+        by_key: dict[tuple[str, str], Manifest | None] = {
+            ("Deployment", name): by_variant.get(variant) for name, variant in names.items()
+        }
+        if route_kind is not None:
+            by_key[(route_kind[1], owner.name)] = route
+        return StoredChildren(
+            owner_name=owner.name, deployments=by_variant, pods=pods_by_variant, route=route, by_key=by_key
         )
 
     async def _analyse(

@@ -1,7 +1,7 @@
 """The rollout machine: what a canary rollout does next, as a pure function.
 
 `decide(spec, status, now, analysis=..., annotations=...)` returns the new status and
-the actions that carry it out. Everything the machine remembers lives in the status
+the Events that announce its transitions. Everything the machine remembers lives in the status
 it returns (the step, when the step and its analysis window began, the counters, the
 revision under analysis, the manual requests already handled), and every timer is a
 timestamp in it, so an operator that restarts anywhere, or runs a reconcile twice,
@@ -13,10 +13,11 @@ How the I/O layer drives it, on every reconcile of a ModelDeployment:
    for it (`analysis.plan_analysis`, evaluated at `window.end`) and wrap the checks in
    a `StepAnalysis`; an unanswered query is an inconclusive check, not a skipped one.
 2. `decision = decide(spec, status, now, analysis=..., annotations=metadata.annotations)`.
-3. Apply `placement(spec, decision.status)` (the children as they should be), post the
-   `EmitEvent` actions, write the status. The other actions are the difference between
-   the placement before and after, in a safe order; applying the whole placement on every
-   reconcile makes a crash between writing the status and acting on it harmless.
+3. Apply the children on the way to `placement(spec, decision.status)` in a safe order
+   (`ordering.plan_children`: traffic only to ready pods, capacity before it is taken away),
+   write the status, post the decision's Events. Applying from the stored children and
+   status on every reconcile makes a crash between writing the status and acting on it
+   harmless.
 
 Manual requests are annotations, so GitOps tools that own the spec never revert them:
 `modeldeploy.io/promote` = `step` | `full`, `modeldeploy.io/abort` and
@@ -54,16 +55,11 @@ __all__ = [
     "ANNOTATION_PROMOTE",
     "ANNOTATION_RETRY",
     "HISTORY_LIMIT",
-    "Action",
     "AnalysisWindow",
     "CanaryPods",
     "Decision",
     "EmitEvent",
     "Placement",
-    "RemoveCanary",
-    "SetCanary",
-    "SetStable",
-    "SetWeight",
     "StepAnalysis",
     "analysis_window",
     "decide",
@@ -85,43 +81,12 @@ _CHECKS_LIMIT = 32
 
 
 @dataclass(frozen=True)
-class SetStable:
-    """Apply the Deployment NAME-stable serving `model`; `replicas` None leaves the count to the autoscaler."""
-
-    model: ModelSource
-    replicas: int | None
-
-
-@dataclass(frozen=True)
-class SetCanary:
-    """Apply the Deployment NAME-canary serving `model` with `replicas` pods."""
-
-    model: ModelSource
-    replicas: int
-
-
-@dataclass(frozen=True)
-class RemoveCanary:
-    """Delete the Deployment NAME-canary."""
-
-
-@dataclass(frozen=True)
-class SetWeight:
-    """Route `canary_weight` percent of requests to NAME-canary (gateway-api and istio providers)."""
-
-    canary_weight: int
-
-
-@dataclass(frozen=True)
 class EmitEvent:
     """Post a Kubernetes Event about the ModelDeployment."""
 
     type: Literal["Normal", "Warning"]
     reason: str
     message: str
-
-
-Action = SetStable | SetCanary | RemoveCanary | SetWeight | EmitEvent
 
 
 @dataclass(frozen=True)
@@ -134,9 +99,11 @@ class Placement:
     canary_model: ModelSource | None
     canary_replicas: int
     canary_weight: int
-    """The weight routers are given (gateway-api, istio); 0 outside of a rollout."""
+    """The weight routers are given (gateway-api, istio) once the canary's pods are ready; 0 outside
+    of a rollout."""
     effective_weight: float
-    """The share of requests the canary actually gets (the replicas provider approximates)."""
+    """The share of requests the canary gets once its pods are ready (the replicas provider
+    approximates)."""
 
 
 @dataclass(frozen=True)
@@ -164,7 +131,10 @@ class StepAnalysis:
 
 @dataclass(frozen=True)
 class CanaryPods:
-    """The canary Deployment's pods as the reconcile observed them, for the model `revision`."""
+    """The canary Deployment's pods as the reconcile observed them, for the model `revision`.
+
+    `ready` means every pod the current step needs is ready, so the step's traffic is in effect.
+    """
 
     revision: str
     ready: bool
@@ -173,10 +143,10 @@ class CanaryPods:
 
 @dataclass(frozen=True)
 class Decision:
-    """The machine's answer: the status to write and the actions that carry it out."""
+    """The machine's answer: the status to write and the Events that announce its transitions."""
 
     status: ModelDeploymentStatus
-    actions: tuple[Action, ...] = ()
+    events: tuple[EmitEvent, ...] = ()
 
 
 def _replicas(spec: ModelDeploymentSpec, weight: int) -> tuple[int | None, int, float]:
@@ -424,23 +394,29 @@ class _Machine:
     # Waiting for the canary's pods.
 
     def follow_canary_pods(self, pods: CanaryPods | None) -> None:
-        """Holds the first analysis window until the canary's pods are ready; rolls back when they
-        cannot run (a model that cannot be fetched or loaded, a crash loop)."""
+        """Holds each step's analysis window until the pods the step needs are ready (the canary
+        gets the step's traffic only then); rolls back when they cannot run (a model that cannot
+        be fetched or loaded, a crash loop)."""
         canary = self.status.canary
-        if pods is None or canary is None or canary.paused_at is not None or pods.revision != canary.revision:
+        if pods is None or canary is None or canary.paused_at is not None:
             return
-        if pods.problem:
+        if pods.revision != canary.revision:
+            ready = False  # no canary Deployment for this model yet: the window waits for it
+        elif pods.problem:
             self.reject(
                 "rolledBack",
                 "CanaryPodsFailing",
                 f"The canary's pods cannot run at {self.step_label(canary.step)}: {pods.problem}",
             )
-        elif canary.pods_ready_at is None:
-            # Until they are ready the window keeps starting now: it ends a step's length after they are.
-            if pods.ready:
+            return
+        else:
+            ready = pods.ready
+        if ready:
+            if canary.pods_ready_at is None:
                 self.update_canary(pods_ready_at=self.now, analysis_started_at=self.now)
-            elif canary.analysis_started_at != self.now:
-                self.update_canary(analysis_started_at=self.now)
+        elif canary.pods_ready_at is not None or canary.analysis_started_at != self.now:
+            # Until they are ready the window keeps starting now: it ends a step's length after they are.
+            self.update_canary(pods_ready_at=None, analysis_started_at=self.now)
 
     # Judging the analysis.
 
@@ -526,6 +502,8 @@ class _Machine:
             step_started_at=self.now,
             analysis_started_at=self.now,
             inconclusive=0,
+            # The step's pods are counted afresh (a larger step needs more of them).
+            pods_ready_at=None,
             # A step entered while paused stays paused, and its pause starts now.
             paused_at=None if canary.paused_at is None else self.now,
         )
@@ -597,31 +575,6 @@ def _summary(checks: Sequence[CheckResult], verdict: str) -> str:
     return "; ".join(f"{check.name}: {check.message}" for check in checks if check.verdict == verdict)
 
 
-def _placement_actions(provider: str, before: Placement, after: Placement) -> list[Action]:
-    """What changes between two placements, in an order that never leaves requests without pods."""
-    stable = (
-        [SetStable(after.stable_model, after.stable_replicas)]
-        if (before.stable_model, before.stable_replicas) != (after.stable_model, after.stable_replicas)
-        else []
-    )
-    weight: list[Action] = (
-        [SetWeight(after.canary_weight)]
-        if provider != "replicas" and before.canary_weight != after.canary_weight
-        else []
-    )
-    if after.canary_model is None:
-        # Traffic back first, then capacity, then the canary goes.
-        removal: list[Action] = [RemoveCanary()] if before.canary_model is not None else []
-        return [*weight, *stable, *removal]
-    canary: list[Action] = (
-        [SetCanary(after.canary_model, after.canary_replicas)]
-        if (before.canary_model, before.canary_replicas) != (after.canary_model, after.canary_replicas)
-        else []
-    )
-    # Canary capacity first, then the stable model shrinks, then traffic moves.
-    return [*canary, *stable, *weight]
-
-
 def decide(
     spec: ModelDeploymentSpec,
     status: ModelDeploymentStatus,
@@ -631,12 +584,13 @@ def decide(
     annotations: Mapping[str, str] | None = None,
     canary_pods: CanaryPods | None = None,
 ) -> Decision:
-    """The next status and actions of a ModelDeployment's rollout.
+    """The next status of a ModelDeployment's rollout, and the Events of its transitions.
 
     `now` is timezone-aware; it is cut to whole seconds, as the API server keeps timestamps.
     `analysis` is the evaluation of the window `analysis_window` reported due (any other is
     ignored as stale); `annotations` are the object's metadata.annotations; `canary_pods` is the
-    canary's pods as observed (None: not observed, windows run from the step's start). Until the stable
+    canary's pods as observed (None: not observed, windows run from the step's start; a
+    revision other than the canary's: no pods for it yet). Until the stable
     model exists (status.stable), there is nothing to roll out and nothing changes.
     """
     now = now.astimezone(UTC).replace(microsecond=0)
@@ -651,11 +605,4 @@ def decide(
     machine.follow_canary_pods(canary_pods)
     machine.judge(analysis)
     machine.check_deadline()
-    after = placement(spec, machine.status)
-    assert after is not None  # the stable model never disappears
-    canary = machine.status.canary
-    # Recomputed every time: a change of spec.replicas mid-rollout changes the share the pods give.
-    if canary is not None and canary.effective_weight != after.effective_weight:
-        machine.update_canary(effective_weight=after.effective_weight)
-    actions: list[Action] = [*_placement_actions(spec.traffic.provider, before, after), *machine.events]
-    return Decision(machine.status, tuple(actions))
+    return Decision(machine.status, tuple(machine.events))

@@ -58,6 +58,10 @@ class OperatorSettings(BaseSettings):
     the operator sends queries there: a spec naming an address outside this list gets inconclusive checks
     instead."""
 
+    route_settle_seconds: float = Field(default=5.0, ge=0, le=300)
+    """After a rollout, how long the route object (HTTPRoute, VirtualService) sends nothing to the
+    canary before its Deployment is deleted: the time the Gateway or mesh needs to apply the route."""
+
     log_format: Literal["text", "json"] = "text"
     """text for people, json for log collectors."""
 

@@ -789,8 +789,9 @@ class CanaryStatus(CamelModel):
     """When the rollout was paused through the modeldeploy.io/paused annotation; unset while it runs."""
 
     pods_ready_at: datetime | None = None
-    """When the canary's pods were first seen all ready; until then the analysis window waits for them,
-    as a window needs requests the canary answered."""
+    """When every canary pod the current step needs was seen ready (unset again at each new step and
+    whenever one stops being ready); until then the canary gets only the traffic its ready pods can
+    take and the step's analysis window waits, as a window has to measure the step's traffic."""
 
     failures: Annotated[int, Field(ge=0)] = 0
     """Failed analysis windows so far."""

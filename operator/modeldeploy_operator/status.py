@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from .builders import MODEL_REVISION_ANNOTATION, Manifest, label_selector, service_name
+from .builders import Manifest, label_selector, service_name
+from .ordering import observe_deployment
 from .rollout import CanaryPods
 from .spec import (
     Condition,
@@ -242,21 +243,22 @@ def _stable_model(previous: StableModel | None, model: ModelSource, now: datetim
 
 
 def observe_canary_pods(
-    deployment: Mapping[str, Any] | None, pods: Iterable[Mapping[str, Any]]
-) -> CanaryPods | None:
-    """The canary's pods as the rollout machine needs them: ready, or why they cannot run.
+    deployment: Mapping[str, Any] | None, pods: Iterable[Mapping[str, Any]], needed: int
+) -> CanaryPods:
+    """The canary's pods as the rollout machine needs them: whether the `needed` pods of the
+    current step are ready, or why they cannot run.
 
-    None without a canary Deployment. The model it runs is read from its pod template, so pods
-    of a canary being replaced are never taken for the new one's.
+    The model they run is read from the Deployment's pod template, so pods of a canary being
+    replaced are never taken for the new one's; without a canary Deployment the revision is empty.
     """
     if deployment is None:
-        return None
-    template = deployment.get("spec", {}).get("template", {}).get("metadata", {})
-    revision = (template.get("annotations") or {}).get(MODEL_REVISION_ANNOTATION, "")
+        return CanaryPods("", ready=False)
+    observed = observe_deployment(deployment)
+    assert observed is not None  # a Deployment was given
     problems = summarize_pod_problems(pods)
     if problems:
-        return CanaryPods(revision, ready=False, problem=describe_pod_problems(problems))
-    return CanaryPods(revision, ready=_judge_rollout(deployment).ready)
+        return CanaryPods(observed.revision, ready=False, problem=describe_pod_problems(problems))
+    return CanaryPods(observed.revision, ready=observed.ready >= max(needed, 1))
 
 
 def _dump(status: ModelDeploymentStatus) -> Manifest:

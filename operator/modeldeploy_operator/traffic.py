@@ -23,6 +23,7 @@ __all__ = [
     "build_virtual_service",
     "canary_replicas_beside",
     "split_replicas",
+    "stored_canary_weight",
 ]
 
 HTTP_ROUTE_API_VERSION = "gateway.networking.k8s.io/v1"
@@ -148,3 +149,24 @@ def build_virtual_service(owner: Owner, istio: IstioTraffic, canary_weight: int)
         "metadata": owned_metadata(owner, owner.name, None),
         "spec": service_spec,
     }
+
+
+def stored_canary_weight(route: Manifest, canary_service: str) -> int:
+    """The weight (or mirrored percentage) a stored HTTPRoute or VirtualService gives `canary_service`.
+
+    The inverse of the builders above, for objects edited by hand too: every rule is read, and the
+    largest share found counts, so a canary still reachable anywhere is never taken for drained.
+    """
+    spec = route.get("spec") or {}
+    weights = [0]
+    for rule in spec.get("rules") or []:
+        for backend in rule.get("backendRefs") or []:
+            if backend.get("name") == canary_service:
+                weights.append(int(backend.get("weight", 1)))
+    for http in spec.get("http") or []:
+        for destination in http.get("route") or []:
+            if (destination.get("destination") or {}).get("host") == canary_service:
+                weights.append(int(destination.get("weight", 100)))
+        if (http.get("mirror") or {}).get("host") == canary_service:
+            weights.append(math.ceil(float((http.get("mirrorPercentage") or {}).get("value", 100))))
+    return max(weights)

@@ -28,6 +28,19 @@ from modeldeploy_operator.status import merge_patch
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
+def apply_merge_patch(target: Any, patch: Any) -> Any:
+    """A JSON merge patch (RFC 7386) as the API server applies one: nested objects merge, null removes."""
+    if not isinstance(patch, Mapping):
+        return copy.deepcopy(patch)
+    merged = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = apply_merge_patch(merged.get(key), value)
+    return merged
+
+
 class MemoryStorage:
     """Stores objects by (kind, namespace, name) and counts every write."""
 
@@ -36,6 +49,8 @@ class MemoryStorage:
         self.writes: list[str] = []
         self.events: list[tuple[str, str, str]] = []
         self.model_deployment_reads = 0
+        # Deployments whose pods are still starting after an apply (ready once `pods_ready` says so).
+        self.starting: set[str] = set()
         self._version = 0
 
     def _next_version(self) -> str:
@@ -49,13 +64,14 @@ class MemoryStorage:
         stored["metadata"]["resourceVersion"] = self._next_version()
         if manifest["kind"] == "Deployment":
             replicas = manifest["spec"].get("replicas", 1)
+            available = 0 if key[2] in self.starting else replicas
             stored["metadata"]["generation"] = 1
             stored["status"] = {
                 "observedGeneration": 1,
                 "replicas": replicas,
                 "updatedReplicas": replicas,
-                "readyReplicas": replicas,
-                "availableReplicas": replicas,
+                "readyReplicas": available,
+                "availableReplicas": available,
                 "conditions": [{"type": "Available", "status": "True"}],
             }
         self.objects[key] = stored
@@ -89,14 +105,26 @@ class MemoryStorage:
         if resource_version is not None and resource_version != body["metadata"].get("resourceVersion"):
             raise KubernetesError("patch status: the object has been modified", status=409)
         self.writes.append(f"status {name}")
-        merged = {**body.get("status", {}), **status}
-        body["status"] = {key: value for key, value in merged.items() if value is not None}
+        body["status"] = apply_merge_patch(body.get("status", {}), status)
         body["metadata"]["resourceVersion"] = self._next_version()
 
     async def post_event(
         self, involved: Mapping[str, Any], type_: str, reason: str, message: str, component: str
     ) -> None:
         self.events.append((type_, reason, message))
+
+    def pods_ready(self, deployment: str) -> None:
+        """The Deployment's pods became ready, as the controllers would report it."""
+        self.starting.discard(deployment)
+        status = self.objects[("Deployment", "ml", deployment)]["status"]
+        status["readyReplicas"] = status["availableReplicas"] = status["replicas"]
+        self.objects[("Deployment", "ml", deployment)]["metadata"]["resourceVersion"] = self._next_version()
+
+    def annotate(self, **annotations: str) -> None:
+        """A user's annotation on the ModelDeployment (no new generation)."""
+        body = self.objects[("ModelDeployment", "ml", "iris")]
+        body["metadata"].setdefault("annotations", {}).update(annotations)
+        body["metadata"]["resourceVersion"] = self._next_version()
 
     def edit_model_deployment(self, **spec: Any) -> None:
         """A user's change of the spec, as the API server stores it: new generation and resourceVersion."""
@@ -465,3 +493,93 @@ def test_only_children_this_model_deployment_controls_are_deleted() -> None:
     assert ("Deployment", "ml", "iris-canary") in storage.objects
     assert ("Deployment", "ml", "iris-old") in storage.objects
     assert ("Deployment", "ml", "iris-leftover") not in storage.objects
+
+
+V2_MODEL = {"uri": "s3://models/iris/2.skops", "version": "2"}
+GATEWAY_TRAFFIC = {"provider": "gateway-api", "gateway": {"parentRefs": [{"name": "public"}]}}
+
+
+def route_weight(storage: MemoryStorage) -> int:
+    backends = storage.objects[("HTTPRoute", "ml", "iris")]["spec"]["rules"][0]["backendRefs"]
+    return int(next(b["weight"] for b in backends if b["name"] == "iris-canary"))
+
+
+def canary_status(storage: MemoryStorage) -> dict[str, Any]:
+    return dict(storage.objects[("ModelDeployment", "ml", "iris")]["status"].get("canary") or {})
+
+
+def reconcile_stored(service: Reconciler) -> None:
+    run(service.reconcile_key("iris", "ml"))
+
+
+def test_a_router_sends_the_canary_traffic_only_once_its_pods_are_ready_and_drains_it_before_it_goes() -> (
+    None
+):
+    # Before: the canary's weight and Deployment were applied at once, so the step's share of
+    # requests met a Service without ready endpoints; at rollback the canary went with the weight.
+    storage = MemoryStorage()
+    service = reconciler(storage)
+    model_deployment(storage, {**SPEC, "traffic": GATEWAY_TRAFFIC, "rollout": {"steps": [50]}})
+    reconcile_stored(service)
+    reconcile_stored(service)
+    assert route_weight(storage) == 0
+
+    storage.starting.add("iris-canary")
+    storage.edit_model_deployment(model=V2_MODEL)
+    reconcile_stored(service)
+    reconcile_stored(service)
+    assert ("Deployment", "ml", "iris-canary") in storage.objects
+    assert route_weight(storage) == 0
+    assert canary_status(storage)["weight"] == 50
+    assert canary_status(storage)["effectiveWeight"] == 0
+
+    storage.pods_ready("iris-canary")
+    reconcile_stored(service)
+    assert route_weight(storage) == 50
+    assert canary_status(storage)["effectiveWeight"] == 50
+
+    storage.annotate(**{"modeldeploy.io/abort": "now"})
+    written = len(storage.writes)
+    reconcile_stored(service)
+    assert route_weight(storage) == 0
+    assert ("Deployment", "ml", "iris-canary") in storage.objects  # still there while the route drains
+    reconcile_stored(service)
+    assert ("Deployment", "ml", "iris-canary") not in storage.objects
+    later = storage.writes[written:]
+    assert later.index("apply HTTPRoute/iris") < later.index("delete Deployment/iris-canary")
+
+
+def test_a_promotion_keeps_the_canary_until_the_stable_deployment_serves_the_new_model_at_full_size() -> None:
+    # Before: the canary went at promotion while the stable Deployment changed its template and
+    # grew at once, so for a while the old model's pods served everything.
+    storage = MemoryStorage()
+    service = reconciler(storage)
+    model_deployment(storage, {**SPEC, "rollout": {"steps": [50]}})
+    reconcile_stored(service)
+    reconcile_stored(service)
+    storage.edit_model_deployment(model=V2_MODEL)
+    reconcile_stored(service)
+    reconcile_stored(service)
+    stable = storage.objects[("Deployment", "ml", "iris-stable")]
+    assert stable["spec"]["replicas"] == 1  # one of two pods for the canary at 50 %
+
+    storage.starting.add("iris-stable")
+    storage.annotate(**{"modeldeploy.io/promote": "full"})
+    reconcile_stored(service)
+    stable = storage.objects[("Deployment", "ml", "iris-stable")]
+    revision = stable["spec"]["template"]["metadata"]["annotations"]["modeldeploy.io/model-revision"]
+    canary = storage.objects[("Deployment", "ml", "iris-canary")]
+    assert revision == canary["spec"]["template"]["metadata"]["annotations"]["modeldeploy.io/model-revision"]
+    assert stable["spec"]["replicas"] == 1  # the new model at the current size first
+    reconcile_stored(service)
+    assert ("Deployment", "ml", "iris-canary") in storage.objects
+
+    storage.pods_ready("iris-stable")
+    storage.starting.add("iris-stable")
+    reconcile_stored(service)
+    assert storage.objects[("Deployment", "ml", "iris-stable")]["spec"]["replicas"] == 2  # then it grows
+    assert ("Deployment", "ml", "iris-canary") in storage.objects
+
+    storage.pods_ready("iris-stable")
+    reconcile_stored(service)
+    assert ("Deployment", "ml", "iris-canary") not in storage.objects

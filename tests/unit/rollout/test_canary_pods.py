@@ -37,16 +37,33 @@ def test_the_first_window_starts_when_the_canary_pods_are_ready() -> None:
     window = analysis_window(SPEC, status, T0 + timedelta(seconds=150))
     assert window is not None and window.start == T0 + timedelta(seconds=90)
 
-    # Ready once is enough: later observations (more canary pods at a later step) do not move it.
+    # A pod that stops being ready mid-window (killed, restarted) starts the window again: the one
+    # under way measured less than the step's traffic.
     again = observe(status, 100, CanaryPods(REVISION, ready=False))
-    assert again.canary == status.canary
+    assert again.canary is not None
+    assert again.canary.pods_ready_at is None
+    assert analysis_window(SPEC, again, T0 + timedelta(seconds=150)) is None
+    back = observe(again, 110, CanaryPods(REVISION, ready=True))
+    assert back.canary is not None and back.canary.analysis_started_at == T0 + timedelta(seconds=110)
+
+
+def test_every_step_waits_for_the_pods_it_needs() -> None:
+    status = observe(started(), 10, CanaryPods(REVISION, ready=True))
+    status = step(SPEC, status, T0 + timedelta(seconds=75), "pass").status
+    assert status.canary is not None and status.canary.step == 1
+    assert status.canary.pods_ready_at is None  # the larger step's pods are counted afresh
+    # The second step's extra pod takes 40 s to become ready: its window starts then.
+    status = observe(status, 80, CanaryPods(REVISION, ready=False))
+    status = observe(status, 115, CanaryPods(REVISION, ready=True))
+    window = analysis_window(SPEC, status, T0 + timedelta(seconds=175))
+    assert window is not None and (window.step, window.start) == (1, T0 + timedelta(seconds=115))
 
 
 def test_pods_of_another_model_are_not_taken_for_the_canarys() -> None:
     status = observe(started(), 20, CanaryPods("some-older-canary", ready=True, problem="CrashLoopBackOff"))
-    assert status.canary is not None
+    assert status.canary is not None  # not rolled back for another model's problem
     assert status.canary.pods_ready_at is None
-    assert status.canary.analysis_started_at == T0
+    assert status.canary.analysis_started_at == T0 + timedelta(seconds=20)  # and not judged on its pods
 
 
 def test_a_canary_whose_pods_cannot_run_is_rolled_back_with_the_reason() -> None:
@@ -90,9 +107,22 @@ def deployment(revision: str, *, available: int, replicas: int = 1) -> dict[str,
 
 
 def test_observing_the_canary_deployment_and_its_pods() -> None:
-    assert observe_canary_pods(None, []) is None
-    assert observe_canary_pods(deployment("r1", available=0), []) == CanaryPods("r1", ready=False)
-    assert observe_canary_pods(deployment("r1", available=1), []) == CanaryPods("r1", ready=True)
+    assert observe_canary_pods(None, [], 1) == CanaryPods("", ready=False)
+    assert observe_canary_pods(deployment("r1", available=0), [], 1) == CanaryPods("r1", ready=False)
+    assert observe_canary_pods(deployment("r1", available=1), [], 1) == CanaryPods("r1", ready=True)
+    # Ready means the pods the current step needs, not the ones the Deployment had so far.
+    assert observe_canary_pods(deployment("r1", available=1), [], 2) == CanaryPods("r1", ready=False)
+    growing = deployment("r1", available=2, replicas=3)
+    assert observe_canary_pods(growing, [], 2) == CanaryPods("r1", ready=True)
+    # While pods of an older template remain, they may be the available ones: not counted as new.
+    replacing = deployment("r2", available=3, replicas=2)
+    replacing["status"].update(replicas=3, updatedReplicas=1)
+    assert observe_canary_pods(replacing, [], 1) == CanaryPods("r2", ready=True)  # 3 available: 1 is new
+    assert observe_canary_pods(replacing, [], 2) == CanaryPods("r2", ready=False)
+    # A template the Deployment controller has not seen yet has no pods of its own.
+    unseen = deployment("r3", available=1)
+    unseen["metadata"]["generation"] = 2
+    assert observe_canary_pods(unseen, [], 1) == CanaryPods("r3", ready=False)
     failing_pod = {
         "metadata": {"name": "iris-canary-x"},
         "status": {
@@ -105,5 +135,5 @@ def test_observing_the_canary_deployment_and_its_pods() -> None:
             ]
         },
     }
-    observed = observe_canary_pods(deployment("r1", available=0), [failing_pod])
+    observed = observe_canary_pods(deployment("r1", available=0), [failing_pod], 1)
     assert observed is not None and observed.problem.endswith("CrashLoopBackOff: 403 Forbidden")

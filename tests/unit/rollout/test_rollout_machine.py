@@ -16,10 +16,6 @@ from modeldeploy_operator.rollout import (
     ANNOTATION_RETRY,
     AnalysisWindow,
     EmitEvent,
-    RemoveCanary,
-    SetCanary,
-    SetStable,
-    SetWeight,
     StepAnalysis,
     analysis_window,
     decide,
@@ -30,12 +26,23 @@ from modeldeploy_operator.spec import HistoryEntry, ModelDeploymentSpec, ModelDe
 MINUTE = timedelta(minutes=1)
 
 
-def events(actions: tuple[object, ...]) -> list[tuple[str, str]]:
-    return [(action.type, action.reason) for action in actions if isinstance(action, EmitEvent)]
+def events(emitted: tuple[EmitEvent, ...]) -> list[tuple[str, str]]:
+    return [(event.type, event.reason) for event in emitted]
 
 
-def moves(actions: tuple[object, ...]) -> list[object]:
-    return [action for action in actions if not isinstance(action, EmitEvent)]
+def target(spec: ModelDeploymentSpec, status: ModelDeploymentStatus) -> tuple[object, ...]:
+    """Where the status puts the models: (stable model, its pods, canary model, its pods, route weight).
+
+    How the children get there safely is ordering's job (tests/unit/rollout/test_ordering.py)."""
+    found = placement(spec, status)
+    assert found is not None
+    return (
+        found.stable_model,
+        found.stable_replicas,
+        found.canary_model,
+        found.canary_replicas,
+        found.canary_weight,
+    )
 
 
 def started(spec: ModelDeploymentSpec | None = None) -> tuple[ModelDeploymentSpec, ModelDeploymentStatus]:
@@ -51,14 +58,14 @@ def test_nothing_happens_before_a_stable_model_exists() -> None:
     status = ModelDeploymentStatus()
     decision = decide(make_spec(), status, T0, annotations={ANNOTATION_ABORT: "now"})
     assert decision.status == status
-    assert decision.actions == ()
+    assert decision.events == ()
     assert placement(make_spec(), status) is None
 
 
 def test_nothing_happens_while_the_spec_names_the_stable_model() -> None:
     decision = step(make_spec(V1), stable_status(), T0)
     assert decision.status == stable_status()
-    assert decision.actions == ()
+    assert decision.events == ()
 
 
 def test_a_new_model_starts_a_rollout_at_the_first_step() -> None:
@@ -71,35 +78,32 @@ def test_a_new_model_starts_a_rollout_at_the_first_step() -> None:
     assert (canary.step, canary.weight, canary.failures, canary.inconclusive) == (0, 10, 0, 0)
     assert canary.started_at == canary.step_started_at == canary.analysis_started_at == T0
     # Four pods cannot carry 10%: one canary pod of four carries 25%, and status says so.
-    assert canary.effective_weight == 25.0
+    assert placement(make_spec(), decision.status).effective_weight == 25.0  # type: ignore[union-attr]
     assert decision.status.stable == stable_status().stable
-    assert moves(decision.actions) == [SetCanary(V2, 1), SetStable(V1, 3)]
-    assert events(decision.actions) == [("Normal", "RolloutStarted")]
-    assert "s3://models/iris/2.skops (version 2)" in decision.actions[-1].message  # type: ignore[union-attr]
+    assert target(make_spec(), decision.status) == (V1, 3, V2, 1, 10)
+    assert events(decision.events) == [("Normal", "RolloutStarted")]
+    assert "s3://models/iris/2.skops (version 2)" in decision.events[-1].message
 
 
 def test_a_route_provider_keeps_the_stable_pods_and_sets_the_weight() -> None:
     spec = make_spec(traffic={"provider": "gateway-api", "gateway": {"parentRefs": [{"name": "public"}]}})
     decision = step(spec, stable_status(), T0)
-    assert moves(decision.actions) == [SetCanary(V2, 1), SetWeight(10)]
-    assert decision.status.canary is not None
-    assert decision.status.canary.effective_weight == 10.0
+    assert target(spec, decision.status) == (V1, 4, V2, 1, 10)
+    assert placement(spec, decision.status).effective_weight == 10.0  # type: ignore[union-attr]
 
 
-def test_the_effective_weight_follows_the_pod_count() -> None:
-    _, status = started()
-    assert status.canary is not None
-    assert status.canary.effective_weight == 25.0
+def test_the_target_weight_follows_the_pod_count() -> None:
+    spec, status = started()
+    assert placement(spec, status).effective_weight == 25.0  # type: ignore[union-attr]
     decision = step(make_spec(replicas=10), status, T0 + MINUTE)
-    assert decision.status.canary is not None
-    assert decision.status.canary.effective_weight == 10.0
-    assert decision.actions == ()  # applying the placement scales the pods; nothing else changed
+    assert placement(make_spec(replicas=10), decision.status).effective_weight == 10.0  # type: ignore[union-attr]
+    assert decision.events == ()  # applying the children scales the pods; nothing else changed
 
 
 def test_an_autoscaled_stable_model_keeps_its_count() -> None:
     spec = make_spec(autoscaling={"maxReplicas": 10})
     decision = step(spec, stable_status(), T0)
-    assert moves(decision.actions) == [SetCanary(V2, 1)]
+    assert target(spec, decision.status) == (V1, None, V2, 1, 10)
     found = placement(spec, decision.status)
     assert found is not None
     assert found.stable_replicas is None
@@ -116,7 +120,7 @@ def test_no_window_is_due_before_the_step_duration_has_passed() -> None:
     )
     decision = step(spec, status, T0 + 4 * MINUTE, "pass")
     assert decision.status == status
-    assert decision.actions == ()
+    assert decision.events == ()
 
 
 def test_a_passing_window_moves_to_the_next_step() -> None:
@@ -124,12 +128,12 @@ def test_a_passing_window_moves_to_the_next_step() -> None:
     decision = step(spec, status, T0 + 6 * MINUTE, "pass")
     canary = decision.status.canary
     assert canary is not None
-    assert (canary.step, canary.weight, canary.effective_weight) == (1, 50, 50.0)
+    assert (canary.step, canary.weight) == (1, 50)
     assert canary.step_started_at == canary.analysis_started_at == T0 + 6 * MINUTE
     assert canary.started_at == T0
     assert [check.name for check in canary.checks] == ["samples", "errorRate"]
-    assert moves(decision.actions) == [SetCanary(V2, 2), SetStable(V1, 2)]
-    assert events(decision.actions) == [("Normal", "StepAdvanced")]
+    assert target(spec, decision.status) == (V1, 2, V2, 2, 50)
+    assert events(decision.events) == [("Normal", "StepAdvanced")]
 
 
 def test_the_last_passing_step_promotes_the_canary() -> None:
@@ -144,19 +148,19 @@ def test_the_last_passing_step_promotes_the_canary() -> None:
     (entry,) = decision.status.history
     assert (entry.outcome, entry.reason, entry.revision) == ("promoted", "Promoted", model_revision(V2))
     assert (entry.started_at, entry.finished_at) == (T0, T0 + 10 * MINUTE)
-    assert moves(decision.actions) == [SetStable(V2, 4), RemoveCanary()]
-    assert events(decision.actions) == [("Normal", "Promoted")]
+    assert target(spec, decision.status) == (V2, 4, None, 0, 0)
+    assert events(decision.events) == [("Normal", "Promoted")]
     # Afterwards the spec names the stable model: nothing more to do.
     later = step(spec, decision.status, T0 + 20 * MINUTE, "pass")
     assert later.status == decision.status
-    assert later.actions == ()
+    assert later.events == ()
 
 
 def test_promotion_with_a_route_provider_moves_traffic_back_before_removing_the_canary() -> None:
     spec = make_spec(steps=[50], traffic={"provider": "istio"})
     _, status = started(spec)
     decision = step(spec, status, T0 + 5 * MINUTE, "pass")
-    assert moves(decision.actions) == [SetWeight(0), SetStable(V2, 4), RemoveCanary()]
+    assert target(spec, decision.status) == (V2, 4, None, 0, 0)
 
 
 # Failing and inconclusive windows.
@@ -177,8 +181,8 @@ def test_a_failing_window_rolls_back_and_says_why() -> None:
     assert rejected.message == "Step 1 of 2 failed: errorRate: errorRate fail"
     (entry,) = decision.status.history
     assert (entry.outcome, entry.reason) == ("rolledBack", "AnalysisFailed")
-    assert moves(decision.actions) == [SetStable(V1, 4), RemoveCanary()]
-    assert events(decision.actions) == [("Warning", "RolledBack")]
+    assert target(spec, decision.status) == (V1, 4, None, 0, 0)
+    assert events(decision.events) == [("Warning", "RolledBack")]
 
 
 def test_a_rejected_model_is_not_rolled_out_again_while_the_spec_names_it() -> None:
@@ -187,7 +191,7 @@ def test_a_rejected_model_is_not_rolled_out_again_while_the_spec_names_it() -> N
     for minutes in (6, 60, 600):
         later = step(spec, rejected, T0 + minutes * MINUTE, "pass")
         assert later.status == rejected
-        assert later.actions == ()
+        assert later.events == ()
 
 
 def test_failures_within_the_limit_repeat_the_step() -> None:
@@ -198,8 +202,8 @@ def test_failures_within_the_limit_repeat_the_step() -> None:
     assert (canary.step, canary.failures) == (0, 1)
     assert canary.step_started_at == T0
     assert canary.analysis_started_at == T0 + 5 * MINUTE
-    assert events(decision.actions) == [("Warning", "StepFailed")]
-    assert moves(decision.actions) == []
+    assert events(decision.events) == [("Warning", "StepFailed")]
+    assert target(spec, decision.status) == target(spec, status)
     again = step(spec, decision.status, T0 + 10 * MINUTE, "fail")
     assert again.status.canary is None
     assert again.status.rejected is not None
@@ -221,7 +225,7 @@ def test_inconclusive_windows_hold_then_roll_back_at_the_limit() -> None:
         status = decision.status
         assert status.canary is not None
         assert (status.canary.step, status.canary.inconclusive) == (0, count)
-        assert events(decision.actions) == [("Normal", "StepInconclusive")]
+        assert events(decision.events) == [("Normal", "StepInconclusive")]
     decision = step(spec, status, T0 + 15 * MINUTE, "inconclusive")
     assert decision.status.canary is None
     assert decision.status.rejected is not None
@@ -310,8 +314,8 @@ def test_a_newer_model_restarts_the_rollout() -> None:
     assert canary.checks == []
     (entry,) = decision.status.history
     assert (entry.uri, entry.outcome, entry.reason) == (V2.uri, "superseded", "Superseded")
-    assert moves(decision.actions) == [SetCanary(V3, 1), SetStable(V1, 3)]
-    assert events(decision.actions) == [("Normal", "RolloutSuperseded"), ("Normal", "RolloutStarted")]
+    assert target(spec, decision.status) == (V1, 3, V3, 1, 10)
+    assert events(decision.events) == [("Normal", "RolloutSuperseded"), ("Normal", "RolloutStarted")]
 
 
 def test_any_change_of_the_model_counts_as_a_new_model() -> None:
@@ -330,8 +334,8 @@ def test_the_stable_model_in_the_spec_ends_the_rollout_at_once() -> None:
     assert decision.status.rejected is None
     (entry,) = decision.status.history
     assert (entry.outcome, entry.reason) == ("cancelled", "SpecBackToStable")
-    assert moves(decision.actions) == [SetStable(V1, 4), RemoveCanary()]
-    assert events(decision.actions) == [("Normal", "RolloutCancelled")]
+    assert target(make_spec(V1), decision.status) == (V1, 4, None, 0, 0)
+    assert events(decision.events) == [("Normal", "RolloutCancelled")]
 
 
 def test_a_new_model_after_a_rollback_is_rolled_out() -> None:
@@ -349,7 +353,7 @@ def test_the_stable_model_in_the_spec_clears_a_rejection() -> None:
     decision = step(make_spec(V1), rejected, T0 + 6 * MINUTE)
     assert decision.status.rejected is None
     assert decision.status.canary is None
-    assert decision.actions == ()
+    assert decision.events == ()
     # ...so naming the once rejected model again is a new change, and rolls it out.
     assert step(spec, decision.status, T0 + 7 * MINUTE).status.canary is not None
 
@@ -371,7 +375,7 @@ def test_an_analysis_already_taken_is_not_taken_twice() -> None:
     assert once.status.canary is not None
     assert once.status.canary.step == 1
     assert twice.status == once.status
-    assert twice.actions == ()
+    assert twice.events == ()
 
 
 def test_history_keeps_the_latest_ten_rollouts() -> None:
@@ -408,7 +412,7 @@ def test_promote_step_advances_one_step_and_a_new_value_another() -> None:
     assert first.status.canary is not None
     assert first.status.canary.step == 1
     assert first.status.canary.step_started_at == T0 + MINUTE
-    assert events(first.actions) == [("Normal", "StepAdvanced")]
+    assert events(first.events) == [("Normal", "StepAdvanced")]
     same = step(spec, first.status, T0 + 2 * MINUTE, annotations={ANNOTATION_PROMOTE: "step"})
     assert same.status == first.status
     second = step(spec, first.status, T0 + 2 * MINUTE, annotations={ANNOTATION_PROMOTE: "step:2"})
@@ -432,10 +436,10 @@ def test_removing_a_request_forgets_it_so_it_can_be_made_again() -> None:
 def test_an_invalid_promote_request_is_reported_once() -> None:
     spec, status = started()
     decision = step(spec, status, T0 + MINUTE, annotations={ANNOTATION_PROMOTE: "yes please"})
-    assert events(decision.actions) == [("Warning", "InvalidRequest")]
+    assert events(decision.events) == [("Warning", "InvalidRequest")]
     assert decision.status.canary == status.canary
     again = step(spec, decision.status, T0 + 2 * MINUTE, annotations={ANNOTATION_PROMOTE: "yes please"})
-    assert again.actions == ()
+    assert again.events == ()
 
 
 def test_abort_rolls_back_and_keeps_the_model_rejected() -> None:
@@ -445,8 +449,8 @@ def test_abort_rolls_back_and_keeps_the_model_rejected() -> None:
     assert decision.status.rejected is not None
     assert decision.status.rejected.reason == "Aborted"
     assert decision.status.history[0].outcome == "aborted"
-    assert moves(decision.actions) == [SetStable(V1, 4), RemoveCanary()]
-    assert events(decision.actions) == [("Warning", "RolledBack")]
+    assert target(spec, decision.status) == (V1, 4, None, 0, 0)
+    assert events(decision.events) == [("Warning", "RolledBack")]
     later = step(spec, decision.status, T0 + 10 * MINUTE, annotations={ANNOTATION_ABORT: "true"})
     assert later.status == decision.status
 
@@ -455,12 +459,12 @@ def test_requests_without_a_rollout_are_ignored_and_recorded() -> None:
     spec = make_spec(V1)
     annotations = {ANNOTATION_ABORT: "1", ANNOTATION_PROMOTE: "full", ANNOTATION_RETRY: "1"}
     decision = step(spec, stable_status(), T0, annotations=annotations)
-    assert events(decision.actions) == [("Normal", "RequestIgnored")] * 3
+    assert events(decision.events) == [("Normal", "RequestIgnored")] * 3
     assert decision.status.handled_requests == annotations
     # A rollout that starts later is not aborted or promoted by the old annotations.
     later = step(make_spec(V2), decision.status, T0 + MINUTE, annotations=annotations)
     assert later.status.canary is not None
-    assert events(later.actions) == [("Normal", "RolloutStarted")]
+    assert events(later.events) == [("Normal", "RolloutStarted")]
 
 
 def test_retry_rolls_out_a_rejected_model_again() -> None:
@@ -471,7 +475,7 @@ def test_retry_rolls_out_a_rejected_model_again() -> None:
     canary = decision.status.canary
     assert canary is not None
     assert (canary.step, canary.failures, canary.started_at) == (0, 0, T0 + 6 * MINUTE)
-    assert events(decision.actions) == [("Normal", "RolloutStarted")]
+    assert events(decision.events) == [("Normal", "RolloutStarted")]
     # The same retry value does not restart the next rollback.
     failed_again = step(spec, decision.status, T0 + 11 * MINUTE, "fail", annotations={ANNOTATION_RETRY: "1"})
     assert failed_again.status.canary is None
@@ -502,7 +506,7 @@ def test_a_paused_rollout_holds_its_step_and_its_deadline() -> None:
     spec, status = started()
     paused = {ANNOTATION_PAUSED: "true"}
     decision = step(spec, status, T0 + 2 * MINUTE, annotations=paused)
-    assert events(decision.actions) == [("Normal", "RolloutPaused")]
+    assert events(decision.events) == [("Normal", "RolloutPaused")]
     status = decision.status
     assert status.canary is not None
     assert status.canary.paused_at == T0 + 2 * MINUTE
@@ -510,14 +514,14 @@ def test_a_paused_rollout_holds_its_step_and_its_deadline() -> None:
     assert analysis_window(spec, status, T0 + 10 * MINUTE) is None
     held = step(spec, status, T0 + 120 * MINUTE, "fail", annotations=paused)
     assert held.status == status
-    assert held.actions == ()
+    assert held.events == ()
     resumed = step(spec, status, T0 + 122 * MINUTE, annotations={ANNOTATION_PAUSED: "false"})
     canary = resumed.status.canary
     assert canary is not None
     assert canary.paused_at is None
     assert canary.step_started_at == T0 + 120 * MINUTE  # the two hours paused do not count
     assert canary.analysis_started_at == T0 + 122 * MINUTE  # a fresh window
-    assert events(resumed.actions) == [("Normal", "RolloutResumed")]
+    assert events(resumed.events) == [("Normal", "RolloutResumed")]
     assert step(spec, resumed.status, T0 + 149 * MINUTE).status.canary is not None
     assert step(spec, resumed.status, T0 + 151 * MINUTE).status.canary is None
 
@@ -543,7 +547,7 @@ def test_a_rollout_started_while_paused_waits_at_its_first_step() -> None:
     decision = step(make_spec(), stable_status(), T0, annotations={ANNOTATION_PAUSED: "true"})
     assert decision.status.canary is not None
     assert decision.status.canary.paused_at == T0
-    assert events(decision.actions) == [("Normal", "RolloutStarted"), ("Normal", "RolloutPaused")]
+    assert events(decision.events) == [("Normal", "RolloutStarted"), ("Normal", "RolloutPaused")]
 
 
 # Persistence.
