@@ -175,16 +175,23 @@ class KubeStorage:
             )
 
     async def post_event(
-        self, involved: Mapping[str, Any], type_: str, reason: str, message: str, component: str
-    ) -> None:
-        """Creates a core/v1 Event about `involved` (a ModelDeployment as read)."""
+        self,
+        involved: Mapping[str, Any],
+        type_: str,
+        reason: str,
+        message: str,
+        component: str,
+        name: str | None = None,
+    ) -> bool:
+        """Creates a core/v1 Event about `involved` (a ModelDeployment as read), named `name` when
+        given; False when an Event of that name exists already (posted before a crash, say)."""
         metadata = involved["metadata"]
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {
-                "name": f"{metadata['name']}.{uuid.uuid4().hex[:16]}",
+                "name": name or f"{metadata['name']}.{uuid.uuid4().hex[:16]}",
                 "namespace": metadata["namespace"],
             },
             "involvedObject": {
@@ -206,8 +213,14 @@ class KubeStorage:
         }
         self._fence.check(_describe("create", "Event", reason, metadata["namespace"]))
         METRICS.kubernetes_writes.labels("create", "Event").inc()
-        with _api_call(_describe("create", "Event", reason, metadata["namespace"])):
-            await self._client.create(codecs.from_dict(event))
+        try:
+            with _api_call(_describe("create", "Event", reason, metadata["namespace"])):
+                await self._client.create(codecs.from_dict(event))
+        except KubernetesError as error:
+            if name is not None and error.is_conflict:
+                return False
+            raise
+        return True
 
     async def get_model_deployment(self, name: str, namespace: str) -> Manifest | None:
         return await self.get(f"{GROUP}/{VERSION}", KIND, name, namespace)

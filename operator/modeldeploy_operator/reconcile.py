@@ -18,7 +18,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -135,6 +135,22 @@ class Event:
     type: Literal["Normal", "Warning"]
     reason: str
     message: str
+    name: str | None = None
+    """The Event's object name when it announces a transition (fixed before the status write)."""
+
+
+def event_name(owner_name: str, owner_uid: str, decided_at: datetime, index: int, event: Event) -> str:
+    """The name of the Event announcing a transition: the same wherever and however often the
+    operator posts it, so the API server stores it once."""
+    key = f"{owner_uid}/{decided_at.isoformat()}/{index}/{event.reason}/{event.message}"
+    return f"{owner_name}.{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _pending(events: list[Event]) -> list[Manifest] | None:
+    return [
+        {"name": event.name, "type": event.type, "reason": event.reason, "message": event.message[:1024]}
+        for event in events
+    ] or None
 
 
 @dataclass
@@ -336,7 +352,7 @@ class Reconciler:
                 self._forget(key)
                 return None
             body, outcome = reconciled
-            await self._post_events(body, outcome.events)
+            await self._announce(body, outcome.events)
             return outcome
 
     def _forget(self, key: tuple[str, str]) -> None:
@@ -406,13 +422,40 @@ class Reconciler:
                 describe_failure(report_error)[1],
             )
 
-    async def _post_events(self, body: Manifest, events: list[Event]) -> None:
-        """Posts each Event; one that cannot be posted is logged and counted, never silently lost."""
+    async def _announce(self, body: Manifest, events: list[Event]) -> None:
+        """Posts the Events a status write recorded as pending, then clears them from the status
+        (keeping those that could not be posted, for the next reconcile to post)."""
+        if not events:
+            return
+        unposted = await self._post_events(body, events)
         metadata = body["metadata"]
+        try:
+            await self._storage.patch_status(
+                metadata["name"], metadata["namespace"], {"pendingEvents": _pending(unposted)}, None
+            )
+        except KubernetesError as error:
+            # They stay pending: the next reconcile posts them again under the same names.
+            _logger.warning(
+                "Could not clear the posted Events of ModelDeployment %s/%s: %s",
+                metadata["namespace"],
+                metadata["name"],
+                error,
+            )
+        if unposted:
+            self.requeue(metadata["name"], metadata["namespace"], RETRY_FIRST_SECONDS)
+
+    async def _post_events(self, body: Mapping[str, Any], events: list[Event]) -> list[Event]:
+        """Posts each Event; one that cannot be posted is logged and counted, never silently lost.
+        Returns those that could not be posted."""
+        metadata = body["metadata"]
+        unposted = []
         for event in events:
             try:
-                await self._storage.post_event(body, event.type, event.reason, event.message, EVENT_COMPONENT)
+                posted = await self._storage.post_event(
+                    body, event.type, event.reason, event.message, EVENT_COMPONENT, event.name
+                )
             except KubernetesError as error:
+                unposted.append(event)
                 self._metrics.events.labels(event.type, event.reason, "failed").inc()
                 _logger.warning(
                     "Could not post the %s Event %s about ModelDeployment %s/%s (%s): %s",
@@ -424,7 +467,10 @@ class Reconciler:
                     error,
                 )
             else:
-                self._metrics.events.labels(event.type, event.reason, "posted").inc()
+                self._metrics.events.labels(
+                    event.type, event.reason, "posted" if posted else "repeated"
+                ).inc()
+        return unposted
 
     def requeue(self, name: str, namespace: str, delay: float = 0.0) -> None:
         """Reconciles the object after `delay` seconds (once, however often it is asked meanwhile; an
@@ -495,6 +541,14 @@ class Reconciler:
         owner = Owner.from_body(body)
         generation = int(body["metadata"].get("generation", 1))
         previous = body.get("status")
+        # Events a crash kept from being posted after their status write: posted now, under their names.
+        leftover = await self._post_events(
+            body,
+            [
+                Event(e.type, e.reason, e.message, e.name)
+                for e in _parse_status(previous).pending_events or []
+            ],
+        )
         try:
             spec = ModelDeploymentSpec.model_validate(body.get("spec", {}))
         except ValidationError as error:
@@ -502,10 +556,10 @@ class Reconciler:
             status = invalid_spec_status(
                 generation=generation, message=validation_message(error), now=self._clock(), previous=previous
             )
-            return await self._write_status(body, status)
+            return await self._write_status(body, status, self._clock(), leftover)
 
         now = self._clock()
-        current = _parse_status(previous)
+        current = _parse_status(previous).model_copy(update={"pending_events": None})
         analysis = await self._analyse(owner, spec, current, now)
         annotations = body["metadata"].get("annotations") or {}
         stored = await self._read_children(owner, spec)
@@ -550,9 +604,12 @@ class Reconciler:
             wake_up.append(ROLLOUT_TICK_SECONDS)  # the retire limit passes on the clock, not on an event
         if wake_up:
             self.requeue(owner.name, owner.namespace, min(wake_up))
-        outcome = await self._write_status(body, status)
-        outcome.events[:0] = [Event(event.type, event.reason, event.message) for event in decision.events]
-        return outcome
+        return await self._write_status(
+            body,
+            status,
+            now,
+            [*leftover, *(Event(event.type, event.reason, event.message) for event in decision.events)],
+        )
 
     def _plan(
         self,
@@ -668,13 +725,27 @@ class Reconciler:
                 if (kind, name) not in wanted and controlled_by(existing, owner.uid):
                     await self._storage.delete(api_version, kind, name, owner.namespace)
 
-    async def _write_status(self, body: Mapping[str, Any], status: Manifest) -> Outcome:
-        """Writes the status decided from `body`, only onto that version of the object (409 otherwise)."""
+    async def _write_status(
+        self, body: Mapping[str, Any], status: Manifest, now: datetime, events: list[Event]
+    ) -> Outcome:
+        """Writes the status decided from `body`, only onto that version of the object (409 otherwise),
+        with the Events announcing its transitions as pending: each gets its name here, before the
+        write, so whoever posts it after the write (this reconcile, or the next after a crash) posts
+        the same Event."""
         metadata, previous = body["metadata"], body.get("status")
+        events = [*events, *transition_events(previous, status)]
+        named = [
+            event
+            if event.name
+            else replace(event, name=event_name(metadata["name"], metadata.get("uid", ""), now, index, event))
+            for index, event in enumerate(events)
+        ]
+        if named:
+            status = {**status, "pendingEvents": _pending(named)}
         patch = status_patch(previous, status)
         if patch is None:
-            return Outcome()
+            return Outcome(events=named)
         await self._storage.patch_status(
             metadata["name"], metadata["namespace"], patch, metadata.get("resourceVersion")
         )
-        return Outcome(status_written=True, events=transition_events(previous, status))
+        return Outcome(status_written=True, events=named)

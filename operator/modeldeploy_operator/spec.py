@@ -837,6 +837,22 @@ class HistoryEntry(CamelModel):
     """Why it ended so, for people."""
 
 
+class PendingEvent(CamelModel):
+    """An Event the operator decided on but has not yet been seen to post."""
+
+    name: Annotated[str, Field(max_length=253)]
+    """The Event's object name, fixed when the transition was decided, so posting it twice stores it once."""
+
+    type: Literal["Normal", "Warning"]
+    """Normal or Warning."""
+
+    reason: Annotated[str, Field(max_length=128)]
+    """The Event's reason (CamelCase)."""
+
+    message: Annotated[str, Field(max_length=1024)]
+    """The Event's message."""
+
+
 class RejectedModel(CamelModel):
     """A model whose rollout was rolled back or aborted while the spec still names it."""
 
@@ -907,6 +923,11 @@ class ModelDeploymentStatus(CamelModel):
 
     selector: str | None = None
     """Label selector of the server pods (for the scale subresource)."""
+
+    pending_events: list[PendingEvent] | None = Field(default=None, max_length=32)
+    """Events of transitions written in this status but not yet posted. The operator posts them under
+    these names right after the status write and then clears the list; after a crash in between, the
+    next reconcile posts them, so every transition is announced once."""
 
 
 METADATA_NAME_PATTERN = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
