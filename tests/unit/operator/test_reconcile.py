@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,161 +17,13 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from memory_storage import NOW, MemoryStorage, model_deployment, reconciler
 from modeldeploy_operator.kube import KubernetesError, KubeStorage
 from modeldeploy_operator.metrics import OperatorMetrics
 from modeldeploy_operator.prometheus import PrometheusClient
 from modeldeploy_operator.reconcile import Reconciler, holds_fields, retry_delay, transition_events
 from modeldeploy_operator.settings import OperatorSettings
 from modeldeploy_operator.status import merge_patch
-
-NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
-
-
-def apply_merge_patch(target: Any, patch: Any) -> Any:
-    """A JSON merge patch (RFC 7386) as the API server applies one: nested objects merge, null removes."""
-    if not isinstance(patch, Mapping):
-        return copy.deepcopy(patch)
-    merged = dict(target) if isinstance(target, Mapping) else {}
-    for key, value in patch.items():
-        if value is None:
-            merged.pop(key, None)
-        else:
-            merged[key] = apply_merge_patch(merged.get(key), value)
-    return merged
-
-
-class MemoryStorage:
-    """Stores objects by (kind, namespace, name) and counts every write."""
-
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self.writes: list[str] = []
-        self.events: list[tuple[str, str, str]] = []
-        self.event_names: set[str] = set()
-        self.model_deployment_reads = 0
-        # Deployments whose pods are still starting after an apply (ready once `pods_ready` says so).
-        self.starting: set[str] = set()
-        self._version = 0
-
-    def _next_version(self) -> str:
-        self._version += 1
-        return str(self._version)
-
-    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        key = (manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"])
-        self.writes.append(f"apply {key[0]}/{key[2]}")
-        stored = copy.deepcopy(manifest)
-        stored["metadata"]["resourceVersion"] = self._next_version()
-        if manifest["kind"] == "Deployment":
-            replicas = manifest["spec"].get("replicas", 1)
-            available = 0 if key[2] in self.starting else replicas
-            stored["metadata"]["generation"] = 1
-            stored["status"] = {
-                "observedGeneration": 1,
-                "replicas": replicas,
-                "updatedReplicas": replicas,
-                "readyReplicas": available,
-                "availableReplicas": available,
-                "conditions": [{"type": "Available", "status": "True"}],
-            }
-        self.objects[key] = stored
-        return copy.deepcopy(stored)
-
-    async def get(self, api_version: str, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
-        found = self.objects.get((kind, namespace, name))
-        return copy.deepcopy(found) if found else None
-
-    async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> bool:
-        self.writes.append(f"delete {kind}/{name}")
-        return self.objects.pop((kind, namespace, name), None) is not None
-
-    async def list_objects(
-        self, api_version: str, kind: str, namespace: str, labels: Mapping[str, str]
-    ) -> list[dict[str, Any]]:
-        return [
-            copy.deepcopy(obj)
-            for (k, ns, _), obj in self.objects.items()
-            if k == kind and ns == namespace and labels.items() <= obj["metadata"].get("labels", {}).items()
-        ]
-
-    async def get_model_deployment(self, name: str, namespace: str) -> dict[str, Any] | None:
-        self.model_deployment_reads += 1
-        return await self.get("modeldeploy.io/v1alpha1", "ModelDeployment", name, namespace)
-
-    async def patch_status(
-        self, name: str, namespace: str, status: Mapping[str, Any], resource_version: str | None
-    ) -> None:
-        body = self.objects[("ModelDeployment", namespace, name)]
-        if resource_version is not None and resource_version != body["metadata"].get("resourceVersion"):
-            raise KubernetesError("patch status: the object has been modified", status=409)
-        self.writes.append(f"status {name}")
-        body["status"] = apply_merge_patch(body.get("status", {}), status)
-        body["metadata"]["resourceVersion"] = self._next_version()
-
-    async def post_event(
-        self,
-        involved: Mapping[str, Any],
-        type_: str,
-        reason: str,
-        message: str,
-        component: str,
-        name: str | None = None,
-    ) -> bool:
-        # Like the API server: a second Event of the same name is refused as existing.
-        if name is not None and name in self.event_names:
-            return False
-        if name is not None:
-            self.event_names.add(name)
-        self.events.append((type_, reason, message))
-        return True
-
-    def pods_ready(self, deployment: str) -> None:
-        """The Deployment's pods became ready, as the controllers would report it."""
-        self.starting.discard(deployment)
-        status = self.objects[("Deployment", "ml", deployment)]["status"]
-        status["readyReplicas"] = status["availableReplicas"] = status["replicas"]
-        self.objects[("Deployment", "ml", deployment)]["metadata"]["resourceVersion"] = self._next_version()
-
-    def annotate(self, **annotations: str) -> None:
-        """A user's annotation on the ModelDeployment (no new generation)."""
-        body = self.objects[("ModelDeployment", "ml", "iris")]
-        body["metadata"].setdefault("annotations", {}).update(annotations)
-        body["metadata"]["resourceVersion"] = self._next_version()
-
-    def edit_model_deployment(self, **spec: Any) -> None:
-        """A user's change of the spec, as the API server stores it: new generation and resourceVersion."""
-        body = self.objects[("ModelDeployment", "ml", "iris")]
-        body["spec"] = {**body["spec"], **spec}
-        body["metadata"]["generation"] += 1
-        body["metadata"]["resourceVersion"] = self._next_version()
-
-
-def model_deployment(storage: MemoryStorage, spec: dict[str, Any]) -> dict[str, Any]:
-    body = {
-        "apiVersion": "modeldeploy.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {
-            "name": "iris",
-            "namespace": "ml",
-            "uid": "u-1",
-            "generation": 1,
-            "resourceVersion": "0",
-        },
-        "spec": spec,
-    }
-    storage.objects[("ModelDeployment", "ml", "iris")] = body
-    return body
-
-
-def reconciler(storage: MemoryStorage) -> Reconciler:
-    # The service only calls the storage's public methods; the in-memory store has them all.
-    typed: KubeStorage = storage  # type: ignore[assignment]
-    # No rollout runs in these tests, so no analysis ever asks Prometheus anything.
-    prometheus = PrometheusClient(httpx.AsyncClient())
-    return Reconciler(
-        typed, OperatorSettings(server_image="registry.invalid/server:1"), prometheus, clock=lambda: NOW
-    )
-
 
 SPEC = {"model": {"uri": "s3://models/iris/1.skops", "version": "1"}, "replicas": 2}
 
