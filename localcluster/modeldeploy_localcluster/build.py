@@ -377,3 +377,71 @@ def ensure_node_binaries(progress: Progress = _say) -> NodeBinaries:
         kube_proxy=kubernetes / "kube-proxy",
         coredns=directories["coredns"] / "coredns",
     )
+
+
+# -- The Gateway API implementation (Traefik), for the gateway-api provider's real-node tests ------
+# Its data plane is the Go program itself, so it runs as a plain process (gateway.py). Only those
+# tests need it, so it is built on demand, niced: Traefik links every provider and DNS plugin.
+
+TRAEFIK_MODULE = "github.com/traefik/traefik/v3"
+
+
+def go_mod_directives(go_mod: str, verb: str) -> list[str]:
+    """The arguments of every `verb` directive of a go.mod, one-line or in a `verb ( … )` block."""
+    found = []
+    in_block = False
+    for raw in go_mod.splitlines():
+        line = raw.split("//", 1)[0].strip()
+        if in_block:
+            if line == ")":
+                in_block = False
+            elif line:
+                found.append(line)
+        elif line == f"{verb} (":
+            in_block = True
+        elif line.startswith(f"{verb} "):
+            found.append(line.removeprefix(f"{verb} ").strip())
+    return found
+
+
+def wrapper_go_mod(name: str, module: str, version: str, published_go_mod: str) -> str:
+    """A module requiring ``module@version`` that repeats its go.mod's replace and exclude lines.
+
+    Both apply only in the main module, which is why `go install module@version` refuses a
+    module that has them. A replacement by a local folder cannot be repeated (a module's zip
+    leaves out nested modules), so it fails naming the line.
+    """
+    replaces = go_mod_directives(published_go_mod, "replace")
+    local = [line for line in replaces if line.split("=>", 1)[1].strip().startswith((".", "/"))]
+    if local:
+        raise BuildError(f"{module}@{version} replaces modules with local folders: {'; '.join(local)}")
+    excludes = go_mod_directives(published_go_mod, "exclude")
+    text = f"module modeldeploy.invalid/build/{name}\n\ngo 1.26.0\n\nrequire {module} {version}\n"
+    if replaces:
+        text += "\nreplace (\n" + "".join(f"\t{line}\n" for line in replaces) + ")\n"
+    if excludes:
+        text += "\nexclude (\n" + "".join(f"\t{line}\n" for line in excludes) + ")\n"
+    return text
+
+
+def _build_traefik(target: Path, work: Path, log: Path, progress: Progress) -> None:
+    env = _go_environment()
+    info = _module_info(TRAEFIK_MODULE, versions.TRAEFIK, work, env)
+    go_mod = wrapper_go_mod("traefik", TRAEFIK_MODULE, versions.TRAEFIK, Path(info["GoMod"]).read_text())
+    (work / "go.mod").write_text(go_mod)
+    command = [
+        "nice", "-n", "10", "go", "build", "-mod=mod", "-trimpath",
+        "-ldflags", f"-s -w -X {TRAEFIK_MODULE}/pkg/version.Version={versions.TRAEFIK}",
+        "-o", str(target / "traefik"), f"{TRAEFIK_MODULE}/cmd/traefik",
+    ]  # fmt: skip
+    _run_logged(f"traefik {versions.TRAEFIK}", command, work, log, env, progress)
+
+
+GATEWAY_PART = _Part("traefik", versions.TRAEFIK, ("traefik",), _build_traefik)
+
+
+def ensure_gateway_binary(progress: Progress = _say) -> Path:
+    """Builds Traefik if it is not cached yet (9-10 minutes cold on two cores, once per version)."""
+    if not GATEWAY_PART.is_built():
+        progress(f"gateway: not cached yet: traefik {versions.TRAEFIK}; later runs reuse it")
+    return _ensure_part(GATEWAY_PART, progress) / "traefik"

@@ -11,3 +11,6 @@ HELM = "v3.22.0"
 # The real node (`up --real-node`); built only when a real node is asked for.
 CONTAINERD = "v2.4.2"
 COREDNS = "v1.14.7"
+# The Gateway API implementation the gateway-api provider is tested with on a real node (Traefik's
+# kubernetesGateway provider, Gateway API v1.4 standard channel); built only for those tests.
+TRAEFIK = "v3.6.12"
