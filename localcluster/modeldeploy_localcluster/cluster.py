@@ -200,9 +200,12 @@ class LocalCluster:
         progress: Progress | None = None,
         advertise_address: str | None = None,
         kwok: bool = True,
+        audit_policy: dict[str, Any] | None = None,
     ) -> None:
         """``advertise_address`` (not loopback) is where pods of a real node reach the API server:
-        the `kubernetes` Service's endpoint. ``kwok=False`` leaves the node to a real kubelet."""
+        the `kubernetes` Service's endpoint. ``kwok=False`` leaves the node to a real kubelet.
+        With ``audit_policy`` (an audit.k8s.io/v1 Policy), kube-apiserver writes the requests it
+        selects to `audit_log`, one JSON event a line."""
         self._progress: Progress = progress or (lambda message: None)
         self.advertise_address = advertise_address
         self.with_kwok = kwok
@@ -214,8 +217,11 @@ class LocalCluster:
             (workdir / OWNER_FILE).write_text(str(os.getpid()))
         self.workdir = workdir
         self.detach = detach
+        self.audit_policy = audit_policy
+        self.audit_log = self.workdir / "audit.log"
         self.components: list[Component] = []
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._commands: dict[str, list[str]] = {}
         self.ports = {
             name: free_port()
             for name in ("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler", "kwok")
@@ -264,6 +270,32 @@ class LocalCluster:
         self._processes.clear()
         if self._owns_workdir and not self.detach:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def restart(self, name: str, down_seconds: float = 0.0) -> float:
+        """Stops one component (by its PID, as `stop` does) and, after `down_seconds`, starts it again
+        with the same command: arguments, data directory and ports. Returns once the API server answers
+        /readyz again (which also checks etcd), with the seconds from the stop until then."""
+        position = next((i for i, c in enumerate(self.components) if c.name == name), None)
+        if position is None:
+            raise ClusterError(f"no running component named {name}")
+        started = time.monotonic()
+        stop_components([self.components.pop(position)], self._progress)
+        time.sleep(down_seconds)
+        self._launch(name, self._commands[name])
+        # Back in its place, so `stop` still stops the components in the reverse order of their start.
+        self.components.insert(position, self.components.pop())
+        if self.detach:
+            self.state().save()
+        self._wait_for(f"kube-apiserver after restarting {name}", self._apiserver_ready)
+        return time.monotonic() - started
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """The audit log's events so far, in the order the API server wrote them."""
+        if not self.audit_log.exists():
+            return []
+        lines = self.audit_log.read_text().splitlines()
+        # The API server may be writing the last line right now; only whole lines are events.
+        return [json.loads(line) for line in lines if line.endswith("}")]
 
     def state(self) -> ClusterState:
         return ClusterState(
@@ -318,6 +350,7 @@ class LocalCluster:
                 cwd=self.workdir,
             )
         self._processes[name] = process
+        self._commands[name] = command
         self.components.append(Component(name=name, pid=process.pid, log=str(log_path)))
         if self.detach:
             self.state().save()
@@ -361,9 +394,19 @@ class LocalCluster:
                 f"--service-account-key-file={c.service_account_public_key}",
                 f"--service-account-signing-key-file={c.service_account_key}",
                 "--allow-privileged=true",
+                *self._audit_flags(),
                 "--v=1",
             ],
         )
+
+    def _audit_flags(self) -> list[str]:
+        if self.audit_policy is None:
+            return []
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(self.audit_policy))
+        # The log backend's default mode is blocking: an event is written before the answer is sent,
+        # so a test that got its answer finds the event in the file.
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}"]
 
     def _advertise_flags(self) -> list[str]:
         if self.advertise_address is None:
