@@ -9,16 +9,7 @@ set -euo pipefail
 packages=(podman buildah mmdebstrap runc containernetworking-plugins skopeo uidmap fuse-overlayfs
   iptables conntrack catatonit iproute2)
 
-missing=()
-for package in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-if ((${#missing[@]})); then
-  echo "installing Debian packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+bash "$(dirname "$0")/install-debian-packages.sh" "${packages[@]}"
 
 conf=/etc/containers/containers.conf
 ulimits='default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]'
