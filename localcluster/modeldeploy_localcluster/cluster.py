@@ -62,6 +62,34 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def launch_component(
+    name: str,
+    command: list[str],
+    log_path: Path,
+    cwd: Path,
+    detach: bool = False,
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[bytes], Component]:
+    """Starts one background program of the local cluster, its output appended to ``log_path``.
+
+    stdin is /dev/null and the program gets a session of its own (stopped by process group); it
+    dies with the caller unless ``detach`` (a cluster left running for `down` to stop).
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=None if detach else _die_with_parent,
+            cwd=cwd,
+            env=env,
+        )
+    return process, Component(name=name, pid=process.pid, log=str(log_path))
+
+
 WORKDIR_PREFIX = "modeldeploy-cluster-"
 OWNER_FILE = "owner.pid"
 
@@ -339,19 +367,10 @@ class LocalCluster:
     def _launch(self, name: str, command: list[str]) -> None:
         log_path = self.workdir / "logs" / f"{name}.log"
         self._progress(f"starting {name} (log: {log_path})")
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=None if self.detach else _die_with_parent,
-                cwd=self.workdir,
-            )
+        process, component = launch_component(name, command, log_path, self.workdir, self.detach)
         self._processes[name] = process
         self._commands[name] = command
-        self.components.append(Component(name=name, pid=process.pid, log=str(log_path)))
+        self.components.append(component)
         if self.detach:
             self.state().save()
 

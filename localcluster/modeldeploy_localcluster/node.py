@@ -38,7 +38,7 @@ from modeldeploy_localcluster.cluster import (
     ClusterError,
     Component,
     LocalCluster,
-    _die_with_parent,
+    launch_component,
     process_alive,
     stop_components,
 )
@@ -266,7 +266,7 @@ class RealNode:
             self._wait_for("containerd", lambda: (self.workdir / "containerd" / "containerd.sock").exists())
             imported = time.monotonic()
             for archive in [pause, *(image.archive for image in self.images.values())]:
-                self._ctr("images", "import", str(archive))
+                self.ctr("images", "import", str(archive))
             self.timings["image import"] = time.monotonic() - imported
             self._launch(
                 "coredns",
@@ -374,25 +374,17 @@ class RealNode:
         self._progress(f"starting {name} (log: {log_path})")
         env = dict(os.environ)
         env["PATH"] = os.pathsep.join([str(self.binaries.containerd.parent), env.get("PATH", "")])
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=None if self.detach else _die_with_parent,
-                cwd=self.workdir,
-                env=env,
-            )
-        self.components.append(Component(name=name, pid=process.pid, log=str(log_path)))
+        _, component = launch_component(name, command, log_path, self.workdir, self.detach, env)
+        self.components.append(component)
 
-    def _ctr(self, *args: str) -> str:
+    def ctr(self, *args: str) -> str:
+        """containerd's own client on the node's Kubernetes namespace (`ctr tasks kill ID`, ...)."""
         socket_path = self.workdir / "containerd" / "containerd.sock"
         return _run([str(self.binaries.ctr), "--address", str(socket_path), "-n", "k8s.io", *args], "ctr")
 
-    def _check_alive(self) -> None:
-        for component in self.components:
+    def check_alive(self, components: list[Component] | None = None) -> None:
+        """Raises naming the first of ``components`` (the node's own by default) that has exited."""
+        for component in self.components if components is None else components:
             if not process_alive(component.pid):
                 tail = "".join(Path(component.log).read_text(errors="replace").splitlines(True)[-15:])
                 raise ClusterError(f"{component.name} exited; log: {component.log}\n{tail}")
@@ -400,7 +392,7 @@ class RealNode:
     def _wait_for(self, what: str, ready: Callable[[], bool], timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self._check_alive()
+            self.check_alive()
             with contextlib.suppress(ClusterError, OSError):
                 if ready():
                     return
