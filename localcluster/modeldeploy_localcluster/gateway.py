@@ -10,12 +10,10 @@ Gateway's listener port must be one of Traefik's entry points: `web_port`.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import http.client
 import json
 import os
-import subprocess
-import threading
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -34,11 +32,12 @@ from modeldeploy_localcluster.build import (
 from modeldeploy_localcluster.cluster import (
     ClusterError,
     Component,
-    _die_with_parent,
     free_port,
+    launch_component,
     process_alive,
     stop_components,
 )
+from modeldeploy_localcluster.netns_forward import _in_namespace
 from modeldeploy_localcluster.node import NODE_IP, RealNode
 from modeldeploy_localcluster.versions import TRAEFIK
 
@@ -47,7 +46,6 @@ NAMESPACE = "modeldeploy-gateway"
 SERVICE_ACCOUNT = "traefik"
 RBAC_DOCUMENT = "docs/content/reference/dynamic-configuration/kubernetes-gateway-rbac.yml"
 START_TIMEOUT_SECONDS = 60.0
-_CLONE_NEWNET = 0x40000000
 
 
 def documented_rules(rbac_document: str) -> list[dict[str, Any]]:
@@ -112,45 +110,23 @@ def static_config(
     }
 
 
-def _setns(netns_path: str) -> None:
-    fd = os.open(netns_path, os.O_RDONLY)
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.setns(fd, _CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {netns_path} failed")
-    finally:
-        os.close(fd)
-
-
 def get_in_netns(netns_path: str, url: str, timeout: float = 5.0) -> tuple[int, bytes]:
     """GET ``url`` from inside a network namespace (only there do the node's addresses exist).
 
-    The request runs in a thread of its own that enters the namespace; a network namespace is
-    per thread, so the rest of the process stays where it was. No proxy is ever consulted.
+    The socket is made inside the namespace and stays there; no proxy is ever consulted.
     """
-    outcome: dict[str, Any] = {}
-
-    def fetch() -> None:
-        try:
-            _setns(netns_path)
-            parts = urlsplit(url)
-            connection = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout)
-            try:
-                connection.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""))
-                reply = connection.getresponse()
-                outcome["reply"] = (reply.status, reply.read())
-            finally:
-                connection.close()
-        except OSError as error:
-            outcome["error"] = error
-
-    worker = threading.Thread(target=fetch, daemon=True)
-    worker.start()
-    worker.join(timeout + 5)
-    if "reply" not in outcome:
-        raise ClusterError(f"GET {url} in {netns_path} failed: {outcome.get('error', 'no answer')}")
-    reply: tuple[int, bytes] = outcome["reply"]
-    return reply
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 80
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.sock = _in_namespace(netns_path, lambda: socket.create_connection((host, port), timeout))
+        connection.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""))
+        reply = connection.getresponse()
+        return reply.status, reply.read()
+    except (OSError, http.client.HTTPException) as error:
+        raise ClusterError(f"GET {url} in {netns_path} failed: {error}") from error
+    finally:
+        connection.close()
 
 
 class TraefikGateway:
@@ -194,19 +170,14 @@ class TraefikGateway:
         )
         log_path = cluster.workdir / "logs" / "traefik.log"
         self._progress(f"starting traefik {TRAEFIK} (log: {log_path})")
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                self.node.in_netns(str(self.binary), f"--configFile={config}"),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-                cwd=self.workdir,
-                # Traefik takes in-cluster credentials from these when set; it is not in a pod.
-                env={k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")},
-            )
-        self.component = Component(name="traefik", pid=process.pid, log=str(log_path))
+        _, self.component = launch_component(
+            "traefik",
+            self.node.in_netns(str(self.binary), f"--configFile={config}"),
+            log_path,
+            self.workdir,
+            # Traefik takes in-cluster credentials from these when set; it is not in a pod.
+            env={k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")},
+        )
         try:
             self._wait_until_pinged(START_TIMEOUT_SECONDS)
         except BaseException:
