@@ -8,7 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-from modeldeploy_localcluster.build import BuildError, ensure_binaries, ensure_node_binaries
+from modeldeploy_localcluster.build import (
+    BuildError,
+    ensure_binaries,
+    ensure_gateway_binary,
+    ensure_node_binaries,
+)
 from modeldeploy_localcluster.cluster import ClusterError, ClusterState, LocalCluster, stop_components
 from modeldeploy_localcluster.demo import run_demo
 from modeldeploy_localcluster.images import ensure_images
@@ -104,6 +109,11 @@ def main(argv: list[str] | None = None) -> None:
     build.add_argument(
         "--real-node", action="store_true", help="also containerd, kubelet, kube-proxy and CoreDNS"
     )
+    build.add_argument(
+        "--gateway",
+        action="store_true",
+        help="also Traefik, the Gateway API implementation of the real-node tests",
+    )
     commands.add_parser(
         "images", help="build (or find cached) the server and operator images with podman, offline"
     )
@@ -132,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.real_node:
                 for name, path in vars(ensure_node_binaries(_say)).items():
                     print(f"{name}: {path}")
+            if args.gateway:
+                print(f"traefik: {ensure_gateway_binary(_say)}")
         elif args.command == "images":
             for image in ensure_images(Path.cwd()).values():
                 print(f"{image.target}: {image.name} {image.archive}")
