@@ -352,7 +352,7 @@ class SimulatedCluster(MemoryStorage):
                     changed = True
         updated = current()
         ready = sum(pod.state == "ready" for pod in pods)
-        deployment["status"] = {
+        status = {
             "observedGeneration": deployment["metadata"]["generation"],
             "replicas": len(pods),
             "updatedReplicas": len(updated),
@@ -362,11 +362,17 @@ class SimulatedCluster(MemoryStorage):
                 {"type": "Available", "status": "True" if ready >= wanted - unavailable else "False"}
             ],
         }
+        pod_objects = {("Pod", NAMESPACE, pod.name): _pod_object(pod) for pod in pods}
+        stored_pods = {
+            key: obj for key, obj in self.objects.items() if key[0] == "Pod" and key[2].startswith(f"{name}-")
+        }
+        if status == deployment["status"] and pod_objects == stored_pods:
+            return  # nothing to catch up with: no watch event either
+        deployment["status"] = status
         deployment["metadata"]["resourceVersion"] = self._next_version()
-        for key in [key for key in self.objects if key[0] == "Pod" and key[2].startswith(f"{name}-")]:
+        for key in stored_pods:
             del self.objects[key]
-        for pod in pods:
-            self.objects[("Pod", NAMESPACE, pod.name)] = _pod_object(pod)
+        self.objects.update(pod_objects)
 
     def _starting_pod(self, deployment: str) -> SimulatedPod | None:
         return next((pod for pod in self.pods.get(deployment, []) if pod.state == "starting"), None)
