@@ -2,8 +2,9 @@
 
 A ModelDeployment is reconciled when any event about it arrives (kopf lists every object at
 start-up, then watches), when one of its children changes (so a hand edit is put back at
-once), and periodically as a safety net. No handler acts on the body it was given: each only
-names the object, and a worker reconciles it as stored when its turn comes (see reconcile.py).
+once; the watch cache, which keeps the children for the reconcile to read, reports those), and
+periodically as a safety net. No handler acts on the body it was given: each only names the
+object, and a worker reconciles it as stored when its turn comes (see reconcile.py).
 Run with ``modeldeploy-operator`` (or ``kopf run -m modeldeploy_operator.handlers``).
 """
 
@@ -11,22 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
 import kopf
 from lightkube import AsyncClient, KubeConfig
 
-from modeldeploy_operator.builders import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER_NAME
+from modeldeploy_operator.builders import LABEL_INSTANCE
 from modeldeploy_operator.crdgen import GROUP, PLURAL, VERSION
-from modeldeploy_operator.kube import KubernetesError, KubeStorage
+from modeldeploy_operator.kinds import MODEL_DEPLOYMENT, WATCHED_KINDS, WatchedKind
+from modeldeploy_operator.kube import KubernetesError, KubeStorage, resource_of_kind
 from modeldeploy_operator.prometheus import PrometheusClient
 from modeldeploy_operator.reconcile import COALESCE_SECONDS, Reconciler
 from modeldeploy_operator.settings import OperatorSettings
+from modeldeploy_operator.watchcache import WatchCache
 
 # A safety net only: children's events trigger reconciles as things change.
 RESYNC_SECONDS = 300.0
-MANAGED_CHILDREN = {LABEL_MANAGED_BY: MANAGER_NAME}
 _logger = logging.getLogger("modeldeploy.operator")
 
 
@@ -39,11 +42,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     client = AsyncClient(config=KubeConfig.from_env(), field_manager=operator_settings.field_manager)
     memo["client"] = client
     memo["http"] = httpx.AsyncClient()
+    cache = WatchCache(client, resource_of_kind, WATCHED_KINDS, operator_settings.namespaces)
     reconciler = Reconciler(
-        KubeStorage(client, operator_settings.field_manager),
+        KubeStorage(client, operator_settings.field_manager, cache=cache),
         operator_settings,
         PrometheusClient(memo["http"]),
     )
+    cache.start(on_change=lambda kind, obj: _child_changed(reconciler, kind, obj))
+    memo["cache"] = cache
     memo["reconciler"] = reconciler
     memo["resync"] = asyncio.create_task(_resync_forever(reconciler, operator_settings.namespaces))
 
@@ -62,29 +68,29 @@ async def stop_background_work(memo: kopf.Memo, **_: Any) -> None:
     # The clients stay open: handlers still finishing may use them, and the process is ending.
     memo["resync"].cancel()
     memo["reconciler"].close()
+    memo["cache"].stop()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def model_deployment_changed(
-    name: str | None, namespace: str | None, memo: kopf.Memo, **_: Any
+    name: str | None, namespace: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
     # Level-triggered: any event, the start-up listing and deletions included, only names the object.
     if name and namespace:
+        # What kopf saw is what is stored as of this event: the cache keeps it unless it has newer.
+        cache: WatchCache = memo["cache"]
+        cache.put(body)
         reconciler: Reconciler = memo["reconciler"]
         reconciler.requeue(name, namespace)
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=MANAGED_CHILDREN)
-@kopf.on.event("", "v1", "services", labels=MANAGED_CHILDREN)
-@kopf.on.event("", "v1", "pods", labels=MANAGED_CHILDREN)
-@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=MANAGED_CHILDREN)
-@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED_CHILDREN)
-@kopf.on.event("gateway.networking.k8s.io", "v1", "httproutes", labels=MANAGED_CHILDREN)
-@kopf.on.event("networking.istio.io", "v1", "virtualservices", labels=MANAGED_CHILDREN)
-async def child_changed(meta: kopf.Meta, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    owner = meta.get("labels", {}).get(LABEL_INSTANCE)
+def _child_changed(reconciler: Reconciler, kind: WatchedKind, obj: Mapping[str, Any]) -> None:
+    if kind == MODEL_DEPLOYMENT:
+        return  # kopf's handler above triggers those
+    metadata = obj.get("metadata") or {}
+    owner = (metadata.get("labels") or {}).get(LABEL_INSTANCE)
+    namespace = metadata.get("namespace")
     if owner and namespace:
-        reconciler: Reconciler = memo["reconciler"]
         # Child events come in bursts (every pod of a rollout changes several times): one reconcile
         # a moment later, reading everything afresh, covers the burst.
         reconciler.requeue(owner, namespace, COALESCE_SECONDS)

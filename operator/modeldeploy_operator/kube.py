@@ -21,15 +21,21 @@ from lightkube.generic_resource import create_namespaced_resource
 from lightkube.types import PatchType
 
 from modeldeploy_operator.crdgen import GROUP, KIND, PLURAL, VERSION
+from modeldeploy_operator.kinds import CHILD_KINDS, WatchedKind
 from modeldeploy_operator.metrics import METRICS
+from modeldeploy_operator.watchcache import WatchCache
 
 ModelDeploymentResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
-# The traffic providers' route objects, known to the client whether or not their CRDs are installed.
-HTTPRouteResource = create_namespaced_resource("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
-VirtualServiceResource = create_namespaced_resource(
-    "networking.istio.io", "v1", "VirtualService", "virtualservices"
-)
+# Kinds from CRDs that may not be installed (the traffic providers' routes): known to the client anyway.
+for _crd_kind in CHILD_KINDS:
+    if _crd_kind.from_crd:
+        create_namespaced_resource(_crd_kind.group, _crd_kind.version, _crd_kind.kind, _crd_kind.plural)
 Manifest = dict[str, Any]
+
+
+def resource_of_kind(kind: WatchedKind) -> Any:
+    """lightkube's resource class for a watched kind."""
+    return resource_registry.load(kind.api_version, kind.kind)
 
 
 class WriteFence:
@@ -101,10 +107,23 @@ def _resource_of(api_version: str, kind: str) -> Any:
 class KubeStorage:
     """Reads and writes the objects one ModelDeployment owns, with server-side apply."""
 
-    def __init__(self, client: AsyncClient, field_manager: str, fence: WriteFence | None = None) -> None:
+    def __init__(
+        self,
+        client: AsyncClient,
+        field_manager: str,
+        fence: WriteFence | None = None,
+        cache: WatchCache | None = None,
+    ) -> None:
         self._client = client
         self._field_manager = field_manager
         self._fence = fence if fence is not None else WRITE_FENCE
+        self._cache = cache
+
+    def _cached(self, kind: str, namespace: str) -> WatchCache | None:  # for lists
+        """The watch cache when it holds `kind` in `namespace` as the API server last told it."""
+        if self._cache is not None and self._cache.synced(kind, namespace):
+            return self._cache
+        return None
 
     async def apply(self, manifest: Manifest) -> Manifest:
         """Server-side apply under our field manager, forcing conflicts.
@@ -119,10 +138,17 @@ class KubeStorage:
             applied: Any = await self._client.apply(
                 codecs.from_dict(dict(manifest)), field_manager=self._field_manager, force=True
             )
-        return dict(applied.to_dict())
+        stored = dict(applied.to_dict())
+        if self._cache is not None:
+            self._cache.put(stored)
+        return stored
 
     async def get(self, api_version: str, kind: str, name: str, namespace: str) -> Manifest | None:
         """The object as stored, or None when it does not exist."""
+        if self._cache is not None and self._cache.knows(kind, namespace, name):
+            METRICS.kubernetes_reads.labels("get", kind, "cache").inc()
+            return self._cache.get(kind, namespace, name)
+        METRICS.kubernetes_reads.labels("get", kind, "api").inc()
         try:
             with _api_call(_describe("get", kind, name, namespace)):
                 found: Any = await self._client.get(
@@ -132,7 +158,10 @@ class KubeStorage:
             if error.is_not_found:
                 return None
             raise
-        return dict(found.to_dict())
+        stored = {**dict(found.to_dict()), "apiVersion": api_version, "kind": kind}
+        if self._cache is not None:
+            self._cache.put(stored)
+        return stored
 
     async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> bool:
         """Deletes the object; False when it was already gone."""
@@ -145,11 +174,19 @@ class KubeStorage:
             if error.is_not_found:
                 return False
             raise
+        finally:
+            if self._cache is not None:
+                self._cache.deleted(kind, namespace, name)
         return True
 
     async def list_objects(
         self, api_version: str, kind: str, namespace: str, labels: Mapping[str, str]
     ) -> list[Manifest]:
+        cache = self._cached(kind, namespace)
+        if cache is not None:
+            METRICS.kubernetes_reads.labels("list", kind, "cache").inc()
+            return cache.list(kind, namespace, labels)
+        METRICS.kubernetes_reads.labels("list", kind, "api").inc()
         with _api_call(f"list {kind} in namespace {namespace}"):
             items = self._client.list(
                 _resource_of(api_version, kind), namespace=namespace, labels=dict(labels)
@@ -169,10 +206,22 @@ class KubeStorage:
         patch: dict[str, Any] = {"status": dict(status)}
         if resource_version is not None:
             patch["metadata"] = {"resourceVersion": resource_version}
-        with _api_call(_describe("patch status of", KIND, name, namespace)):
-            await self._client.patch(
-                ModelDeploymentResource.Status, name, patch, namespace=namespace, patch_type=PatchType.MERGE
-            )
+        try:
+            with _api_call(_describe("patch status of", KIND, name, namespace)):
+                patched: Any = await self._client.patch(
+                    ModelDeploymentResource.Status,
+                    name,
+                    patch,
+                    namespace=namespace,
+                    patch_type=PatchType.MERGE,
+                )
+        except KubernetesError as error:
+            if error.is_conflict and self._cache is not None:
+                # Changed since the cache saw it: the next read goes to the API server.
+                self._cache.outdated(KIND, namespace, name)
+            raise
+        if self._cache is not None:
+            self._cache.put({**dict(patched.to_dict()), "apiVersion": f"{GROUP}/{VERSION}", "kind": KIND})
 
     async def post_event(
         self,

@@ -38,9 +38,24 @@ class OperatorMetrics:
             ["verb", "kind"],
             registry=registry,
         )
+        self.kubernetes_reads = Counter(
+            PREFIX + "kubernetes_reads_total",
+            "Reads of Kubernetes objects by the reconcile, by verb, kind and source (cache: the watch"
+            " cache answered; api: a request to the API server).",
+            ["verb", "kind", "source"],
+            registry=registry,
+        )
+        self.watch_cache_lists = Counter(
+            PREFIX + "watch_cache_lists_total",
+            "Full lists the watch cache made, by kind (one at start-up per kind, then one after each"
+            " failed watch).",
+            ["kind"],
+            registry=registry,
+        )
         self.events = Counter(
             PREFIX + "events_total",
-            "Kubernetes Events about ModelDeployments, by type, reason and result (posted or failed).",
+            "Kubernetes Events about ModelDeployments, by type, reason and result (posted, repeated"
+            " under its name, or failed).",
             ["type", "reason", "result"],
             registry=registry,
         )

@@ -37,6 +37,7 @@ from modeldeploy_operator.builders import (
     service_name,
 )
 from modeldeploy_operator.desired import desired_children
+from modeldeploy_operator.kinds import CHILD_KINDS, ROUTE_KINDS
 from modeldeploy_operator.kube import KubernetesError, KubeStorage, Manifest
 from modeldeploy_operator.metrics import METRICS, OperatorMetrics
 from modeldeploy_operator.ordering import (
@@ -67,11 +68,7 @@ from modeldeploy_operator.status import (
     status_patch,
     summarize_pod_problems,
 )
-from modeldeploy_operator.traffic import (
-    HTTP_ROUTE_API_VERSION,
-    VIRTUAL_SERVICE_API_VERSION,
-    stored_canary_weight,
-)
+from modeldeploy_operator.traffic import stored_canary_weight
 
 # How long a child's event waits for the rest of its burst before the owner is reconciled.
 COALESCE_SECONDS = 0.5
@@ -92,26 +89,10 @@ CONFLICT_ATTEMPTS = 3
 EVENT_COMPONENT = "modeldeploy-operator"
 _logger = logging.getLogger("modeldeploy.reconcile")
 
-# Children that exist only while the spec or a rollout asks for them (the stable Deployment
-# is always wanted, so listing Deployments only ever finds a canary to delete).
-OPTIONAL_CHILD_KINDS = {
-    "Deployment": "apps/v1",
-    "HorizontalPodAutoscaler": "autoscaling/v2",
-    "PodDisruptionBudget": "policy/v1",
-    "HTTPRoute": HTTP_ROUTE_API_VERSION,
-    "VirtualService": VIRTUAL_SERVICE_API_VERSION,
-}
-
-
 # How long a retiring canary is kept at least while the stable Deployment grows (the rollout's
 # progress deadline, when longer).
 RETIRE_LIMIT_MIN = timedelta(minutes=1)
 VARIANTS: tuple[Variant, ...] = ("stable", "canary")
-# The route object each routing provider writes (API version, kind); named like the ModelDeployment.
-ROUTE_KINDS = {
-    "gateway-api": (HTTP_ROUTE_API_VERSION, "HTTPRoute"),
-    "istio": (VIRTUAL_SERVICE_API_VERSION, "VirtualService"),
-}
 
 
 @dataclass(frozen=True)
@@ -650,7 +631,9 @@ class Reconciler:
         route = None
         route_kind = ROUTE_KINDS.get(spec.traffic.provider)
         if route_kind is not None:
-            route = await self._storage.get(*route_kind, owner.name, owner.namespace)
+            route = await self._storage.get(
+                route_kind.api_version, route_kind.kind, owner.name, owner.namespace
+            )
         names = {deployment_name(owner.name, variant): variant for variant in VARIANTS}
         by_variant: dict[str, Manifest] = {
             names[deployment["metadata"]["name"]]: deployment
@@ -667,7 +650,7 @@ class Reconciler:
             ("Deployment", name): by_variant.get(variant) for name, variant in names.items()
         }
         if route_kind is not None:
-            by_key[(route_kind[1], owner.name)] = route
+            by_key[(route_kind.kind, owner.name)] = route
         return StoredChildren(
             owner_name=owner.name, deployments=by_variant, pods=pods_by_variant, route=route, by_key=by_key
         )
@@ -711,7 +694,10 @@ class Reconciler:
     async def _delete_unwanted_children(self, owner: Owner, applied: list[Manifest]) -> None:
         wanted = {(child["kind"], child["metadata"]["name"]) for child in applied}
         owned = {LABEL_INSTANCE: owner.name, LABEL_MANAGED_BY: MANAGER_NAME}
-        for kind, api_version in OPTIONAL_CHILD_KINDS.items():
+        for child_kind in CHILD_KINDS:
+            if not (child_kind.optional and child_kind.applied):
+                continue
+            kind, api_version = child_kind.kind, child_kind.api_version
             try:
                 existing_children = await self._storage.list_objects(
                     api_version, kind, owner.namespace, owned

@@ -237,38 +237,38 @@ def test_invalid_manifests_are_rejected_by_the_api_server_naming_the_field(
     assert get(cluster, namespace, "modeldeployment", name) is None
 
 
+def operator_writes(cluster: LocalCluster, namespace: str, with_version: bool = True) -> dict[str, Any]:
+    """What the operator last wrote about iris: the ModelDeployment's version (only the user and the
+    operator write it; `with_version` False when the test itself changes it) and status, and, per
+    child, the operator's managed-fields entry (controllers update the children's status on their
+    own, so their resourceVersion may move)."""
+    writes: dict[str, Any] = {}
+    md = get(cluster, namespace, "modeldeployment", "iris") or {}
+    writes["modeldeployment/iris"] = {
+        "resourceVersion": md["metadata"]["resourceVersion"] if with_version else None,
+        "annotations": md["metadata"].get("annotations"),
+        "status": md.get("status"),
+    }
+    for kind, name in OWNED:
+        child = get(cluster, namespace, kind, name) or {}
+        ours = [entry for entry in child["metadata"]["managedFields"] if entry["manager"] == "modeldeploy"]
+        writes[f"{kind}/{name}"] = ours
+    return writes
+
+
 def test_restart_resumes_without_writing_anything(
     cluster: LocalCluster, operator: OperatorProcess, namespace: str
 ) -> None:
     apply(cluster, namespace, iris())
     wait_ready(cluster, namespace)
 
-    def operator_writes() -> dict[str, Any]:
-        """What the operator last wrote: the ModelDeployment's version (only the user and the
-        operator write it) and, per child, the operator's managed-fields entry (controllers
-        update the children's status on their own, so their resourceVersion may move)."""
-        writes: dict[str, Any] = {}
-        md = get(cluster, namespace, "modeldeployment", "iris") or {}
-        writes["modeldeployment/iris"] = {
-            "resourceVersion": md["metadata"]["resourceVersion"],
-            "annotations": md["metadata"].get("annotations"),
-            "status": md.get("status"),
-        }
-        for kind, name in OWNED:
-            child = get(cluster, namespace, kind, name) or {}
-            ours = [
-                entry for entry in child["metadata"]["managedFields"] if entry["manager"] == "modeldeploy"
-            ]
-            writes[f"{kind}/{name}"] = ours
-        return writes
-
     # Pod and Deployment status settle for a while after Ready; start from a quiet state.
-    before = operator_writes()
+    before = operator_writes(cluster, namespace)
     quiet_since = time.monotonic()
     deadline = quiet_since + 60
     while time.monotonic() - quiet_since < 5 and time.monotonic() < deadline:
         time.sleep(1)
-        now = operator_writes()
+        now = operator_writes(cluster, namespace)
         if now != before:
             before, quiet_since = now, time.monotonic()
     operator.stop()
@@ -281,7 +281,7 @@ def test_restart_resumes_without_writing_anything(
     )
     time.sleep(3)
 
-    assert operator_writes() == before
+    assert operator_writes(cluster, namespace) == before
 
 
 def test_only_the_lease_holder_reconciles_and_a_standby_takes_over(
@@ -446,3 +446,48 @@ def test_a_canary_whose_model_cannot_be_fetched_is_rolled_back_with_the_fetch_er
     wait_until(lambda: not canary_pods(), "the canary pods to go")
     # The stable Deployment grows back to its full size.
     wait_ready(cluster, namespace)
+
+
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """The sum of a counter's samples whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        series, value = line.rsplit(" ", 1)
+        if all(f'{key}="{wanted}"' in series for key, wanted in labels.items()):
+            total += float(value)
+    return total
+
+
+def test_an_idle_reconcile_reads_only_the_watch_cache(
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    # Before the watch cache, an idle reconcile sent about 12 GETs and LISTs to the API server.
+    apply(cluster, namespace, iris())
+    wait_ready(cluster, namespace)
+    reads, reconciles = "modeldeploy_operator_kubernetes_reads_total", "modeldeploy_operator_reconciles_total"
+    wait_until(
+        lambda: metric_total(operator.metrics(), reads, source="cache") > 0, "reads from the watch cache"
+    )
+    time.sleep(3)  # let the Deployment's and pods' status settle
+    before = operator.metrics()
+    written = operator_writes(cluster, namespace, with_version=False)
+    for number in range(5):
+        # A label is a change kopf reports, but nothing the reconcile acts on.
+        cluster.kubectl(
+            "label", "modeldeployment", "iris", "-n", namespace, f"touched={number}", "--overwrite"
+        )
+        time.sleep(0.3)
+    wait_until(
+        lambda: metric_total(operator.metrics(), reconciles, result="ok")
+        >= metric_total(before, reconciles, result="ok") + 5,
+        "five more reconciles",
+    )
+    after = operator.metrics()
+
+    api_reads = [line for line in after.splitlines() if line.startswith(reads) and 'source="api"' in line]
+    assert metric_total(after, reads, source="api") == metric_total(before, reads, source="api"), api_reads
+    assert metric_total(after, reads, source="cache") > metric_total(before, reads, source="cache")
+    # Other tests' ModelDeployments share this operator, so its write counters are not this one's.
+    assert operator_writes(cluster, namespace, with_version=False) == written

@@ -1,0 +1,172 @@
+"""The watch cache: synced only once listed, current through watch events, never older than the
+operator's own writes, and out of the way (reads go to the API) while it cannot answer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from lightkube import ApiError
+
+from modeldeploy_operator.kinds import MODEL_DEPLOYMENT, WatchedKind, kind_named
+from modeldeploy_operator.watchcache import WatchCache
+
+DEPLOYMENT = kind_named("Deployment")
+ROUTE = kind_named("HTTPRoute")
+
+
+class Item:
+    def __init__(self, obj: dict[str, Any]) -> None:
+        self._obj = obj
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self._obj)
+
+
+class Listing:
+    def __init__(self, items: list[dict[str, Any]], version: str) -> None:
+        self._items, self.resourceVersion = items, version
+
+    def __aiter__(self) -> AsyncIterator[Item]:
+        async def items() -> AsyncIterator[Item]:
+            for obj in self._items:
+                yield Item(obj)
+
+        return items()
+
+
+class FakeClient:
+    """Lists what `stored` holds (without kind, as the API server does for list items), then
+    replays `events` on the watch and waits."""
+
+    def __init__(self) -> None:
+        self.stored: dict[str, list[dict[str, Any]]] = {"Deployment": [], "ModelDeployment": []}
+        self.events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self.watched_from: list[str | None] = []
+        self.missing: set[str] = {"HTTPRoute"}
+
+    def list(self, resource: WatchedKind, **_: Any) -> Listing:
+        if resource.kind in self.missing:
+            raise _api_error(404)
+        return Listing(
+            [{k: v for k, v in o.items() if k != "kind"} for o in self.stored[resource.kind]], "10"
+        )
+
+    async def watch(self, resource: WatchedKind, resource_version: str | None = None, **_: Any) -> Any:
+        self.watched_from.append(resource_version)
+        while True:
+            event_type, obj = await self.events.get()
+            yield event_type, Item(obj)
+
+
+def _api_error(code: int) -> ApiError:
+    error = ApiError.__new__(ApiError)
+    error.status = type("Status", (), {"code": code, "message": "not found"})()
+    return error
+
+
+def deployment(name: str, version: int, replicas: int = 1) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "ml", "resourceVersion": str(version), "labels": {}},
+        "spec": {"replicas": replicas},
+    }
+
+
+async def started(client: FakeClient, kinds: tuple[WatchedKind, ...] = (DEPLOYMENT,)) -> WatchCache:
+    cache = WatchCache(client, lambda kind: kind, kinds, [])  # type: ignore[arg-type]
+    assert not cache.synced("Deployment", "ml")
+    changes: list[str] = []
+    cache.start(on_change=lambda kind, obj: changes.append(obj["metadata"]["name"]))
+    await asyncio.wait_for(cache.until_synced(), 5)
+    cache.changes = changes  # type: ignore[attr-defined]
+    return cache
+
+
+def test_the_cache_answers_once_listed_and_follows_the_watch() -> None:
+    async def scenario() -> None:
+        client = FakeClient()
+        client.stored["Deployment"] = [deployment("iris-stable", 5)]
+        cache = await started(client)
+        assert client.watched_from == ["10"]  # watched from the list's version: nothing missed
+        assert cache.knows("Deployment", "ml", "iris-stable")
+        listed = cache.get("Deployment", "ml", "iris-stable")
+        assert listed is not None and listed["kind"] == "Deployment"  # list items carry no kind
+        await client.events.put(("MODIFIED", deployment("iris-stable", 11, replicas=3)))
+        await client.events.put(("ADDED", deployment("iris-canary", 12)))
+        await asyncio.sleep(0.05)
+        assert cache.get("Deployment", "ml", "iris-stable")["spec"]["replicas"] == 3  # type: ignore[index]
+        assert [d["metadata"]["name"] for d in cache.list("Deployment", "ml", {})] == [
+            "iris-stable",
+            "iris-canary",
+        ]
+        await client.events.put(("DELETED", deployment("iris-canary", 13)))
+        await asyncio.sleep(0.05)
+        assert cache.get("Deployment", "ml", "iris-canary") is None
+        assert cache.changes == ["iris-stable", "iris-stable", "iris-canary", "iris-canary"]  # type: ignore[attr-defined]
+        cache.stop()
+
+    asyncio.run(scenario())
+
+
+def test_the_operators_own_write_is_never_replaced_by_an_older_event() -> None:
+    async def scenario() -> None:
+        client = FakeClient()
+        cache = await started(client)
+        cache.put(deployment("iris-stable", 20, replicas=4))  # what an apply returned
+        await client.events.put(("MODIFIED", deployment("iris-stable", 19, replicas=2)))  # the watch lags
+        await asyncio.sleep(0.05)
+        assert cache.get("Deployment", "ml", "iris-stable")["spec"]["replicas"] == 4  # type: ignore[index]
+        cache.deleted("Deployment", "ml", "iris-stable")
+        assert cache.knows("Deployment", "ml", "iris-stable")  # known to be gone
+        assert cache.get("Deployment", "ml", "iris-stable") is None
+        cache.stop()
+
+    asyncio.run(scenario())
+
+
+def test_an_object_the_api_server_says_changed_is_read_from_the_api_until_news_arrives() -> None:
+    async def scenario() -> None:
+        client = FakeClient()
+        cache = await started(client, (MODEL_DEPLOYMENT,))
+        cache.put(
+            {
+                "kind": "ModelDeployment",
+                "metadata": {"name": "iris", "namespace": "ml", "resourceVersion": "30"},
+            }
+        )
+        cache.outdated("ModelDeployment", "ml", "iris")  # a status write got 409
+        assert not cache.knows("ModelDeployment", "ml", "iris")
+        assert cache.list("ModelDeployment", "ml", {}) != []  # still listed (for the resync)
+        cache.put(
+            {
+                "kind": "ModelDeployment",
+                "metadata": {"name": "iris", "namespace": "ml", "resourceVersion": "31"},
+            }
+        )
+        assert cache.knows("ModelDeployment", "ml", "iris")
+        cache.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_kind_without_its_crd_counts_as_synced_and_empty() -> None:
+    async def scenario() -> None:
+        cache = await started(FakeClient(), (DEPLOYMENT, ROUTE))
+        assert cache.synced("HTTPRoute", "ml")
+        assert cache.list("HTTPRoute", "ml", {}) == []
+        cache.stop()
+
+    asyncio.run(scenario())
+
+
+def test_nothing_is_cached_outside_the_synced_kinds() -> None:
+    async def scenario() -> None:
+        cache = WatchCache(FakeClient(), lambda kind: kind, (DEPLOYMENT,), [])  # type: ignore[arg-type]
+        cache.put(deployment("iris-stable", 1))  # not started: not synced, the write is not kept
+        assert not cache.knows("Deployment", "ml", "iris-stable")
+        assert cache.list("Deployment", "ml", {}) == []
+
+    asyncio.run(scenario())
