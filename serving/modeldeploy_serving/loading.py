@@ -25,6 +25,7 @@ from sklearn.exceptions import InconsistentVersionWarning
 
 from modeldeploy_serving.digest import artifact_root, verify_sha256
 from modeldeploy_serving.errors import ArtifactError
+from modeldeploy_serving.mlflow_source import escapes_directory
 from modeldeploy_serving.model import SklearnModel
 from modeldeploy_serving.settings import ModelFormat, VersionMismatchPolicy
 
@@ -279,7 +280,14 @@ def _load_mlflow(
             f"the MLflow model has no sklearn flavor (flavors: {', '.join(flavors) or 'none'}); "
             "only scikit-learn models are served"
         )
-    model_file = directory / str(flavor.get("pickled_model", "model.pkl"))
+    relative = str(flavor.get("pickled_model", "model.pkl"))
+    # The directory may have been put in place without `fetch` (a volume, a copy), which refuses
+    # such files: a file outside the directory is not covered by the sha256 pin either.
+    if escapes_directory(relative):
+        raise ArtifactError(
+            f"the MLflow model's pickled_model {relative!r} points outside the model directory"
+        )
+    model_file = directory / relative
     serialization = str(flavor.get("serialization_format", "cloudpickle"))
     file_format = "skops" if serialization == "skops" else "pickle"
     if not model_file.is_file():

@@ -308,3 +308,20 @@ def test_a_sound_forest_passes_the_tree_check(tmp_path: Path) -> None:
     )
     loaded = load_artifact(tmp_path, ModelFormat.AUTO, None, False, VersionMismatchPolicy.REFUSE)
     assert loaded.format == "skops"
+
+
+@pytest.mark.parametrize("spelling", ["absolute", "../model.skops", "sub/../../model.skops"])
+def test_an_mlflow_model_file_outside_the_directory_is_refused(
+    tmp_path: Path, iris_classifier: Any, spelling: str
+) -> None:
+    directory = tmp_path / "model"
+    directory.mkdir()
+    # The escaping file exists and is a loadable model, so only the path check can refuse it.
+    outside = tmp_path / "model.skops"
+    skops.io.dump(iris_classifier, outside)
+    pickled_model = str(outside) if spelling == "absolute" else spelling
+    flavor = {"pickled_model": pickled_model, "serialization_format": "skops"}
+    (directory / "MLmodel").write_text(yaml.safe_dump({"flavors": {"sklearn": flavor}}))
+    (directory / "requirements.txt").write_text("scikit-learn\n")
+    with pytest.raises(ArtifactError, match="points outside the model directory"):
+        load(directory)
