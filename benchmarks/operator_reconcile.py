@@ -3,11 +3,14 @@
 Runs everything locally: the real control plane (kwok node), the operator as a subprocess.
 Prints, as a table:
 - apply -> stable Deployment exists, and apply -> Ready (p50, p95 over N objects applied one by one);
-- time for M ModelDeployments applied at once to all become Ready;
-- API writes per idle reconcile (requests the operator sends, and objects that changed);
+- for each burst size M: the time for M ModelDeployments created at once to all become Ready, next
+  to the reference measured in the same run: the same Deployments and Services created directly,
+  without the operator, until all are available (the control plane's own limit);
+- per idle reconcile: API reads (the watch cache answers them) and writes, objects changed, and the
+  operator's API requests per second at idle;
 - the operator's resident memory after convergence (current and peak).
 
-    .venv/bin/python benchmarks/operator_reconcile.py [--sequential 50] [--burst 300]
+    .venv/bin/python benchmarks/operator_reconcile.py [--sequential 50] [--burst 250,1000] [--idle 320]
 
 Not a test: numbers vary with the machine; compare runs made on the same machine.
 """
@@ -26,7 +29,10 @@ from typing import Any
 import yaml
 
 from modeldeploy_localcluster.cluster import LocalCluster
-from modeldeploy_localcluster.local_operator import LocalOperator, install_crds
+from modeldeploy_localcluster.local_operator import LocalOperator, install_crds, metric_total
+from modeldeploy_operator.builders import Owner, build_deployment, build_service
+from modeldeploy_operator.settings import OperatorSettings
+from modeldeploy_operator.spec import ModelDeploymentSpec
 
 REPO = Path(__file__).resolve().parents[1]
 IDLE_WINDOW_SECONDS = 320.0  # longer than the resync interval (300 s): every object reconciles once
@@ -34,13 +40,33 @@ WRITE_REQUEST = re.compile(r"HTTP Request: (PATCH|POST|PUT|DELETE) (\S+)")
 RESYNC = re.compile(r"Periodic resync of (\d+) ModelDeployments")
 
 
-def model_deployment(name: str) -> dict[str, Any]:
+SERVER_IMAGE = "registry.invalid/modeldeploy-server:bench"
+
+
+def model_deployment(name: str, namespace: str = "bench") -> dict[str, Any]:
     return {
         "apiVersion": "modeldeploy.io/v1alpha1",
         "kind": "ModelDeployment",
-        "metadata": {"name": name, "namespace": "bench"},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {"model": {"uri": f"s3://models/{name}/model.skops", "version": "1"}, "replicas": 1},
     }
+
+
+def reference_children(name: str, namespace: str) -> list[dict[str, Any]]:
+    """What the operator would create for `model_deployment(name)`, built by its own builders,
+    without the owner reference (there is no owner here, and the garbage collector would delete them)."""
+    spec = ModelDeploymentSpec.model_validate(model_deployment(name)["spec"])
+    owner = Owner("modeldeploy.io/v1alpha1", "ModelDeployment", name, namespace, "reference")
+    settings = OperatorSettings(server_image=SERVER_IMAGE)
+    children = [
+        build_deployment(owner, spec, settings),
+        build_service(owner),
+        build_service(owner, "stable"),
+        build_service(owner, "canary"),
+    ]
+    for child in children:
+        child["metadata"].pop("ownerReferences", None)
+    return children
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -51,23 +77,50 @@ def percentile(values: list[float], fraction: float) -> float:
 class Bench:
     def __init__(self, cluster: LocalCluster, workdir: Path) -> None:
         self.cluster = cluster
-        self.operator = LocalOperator(
-            cluster, workdir / "operator.log", "registry.invalid/modeldeploy-server:bench"
-        )
+        self.operator = LocalOperator(cluster, workdir / "operator.log", SERVER_IMAGE)
         self.log = self.operator.log
 
     def start_operator(self) -> None:
-        install_crds(self.cluster, REPO)
         self.operator.start()
-        self.cluster.kubectl("create", "namespace", "bench")
-        self.cluster.kubectl("wait", "--for=create", "serviceaccount/default", "-n", "bench", "--timeout=60s")
+        self.fresh_namespace("bench")
 
     def apply(self, manifests: list[dict[str, Any]]) -> None:
         self.cluster.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(manifests))
 
-    def model_deployments(self) -> list[dict[str, Any]]:
+    def create(self, manifests: list[dict[str, Any]]) -> None:
+        # One POST per object (apply would first GET each one): the same for the reference and the operator.
+        self.cluster.kubectl("create", "-f", "-", input_text=yaml.safe_dump_all(manifests))
+
+    def fresh_namespace(self, namespace: str) -> None:
+        self.cluster.kubectl("create", "namespace", namespace)
+        self.cluster.kubectl(
+            "wait", "--for=create", "serviceaccount/default", "-n", namespace, "--timeout=60s"
+        )
+
+    def reference(self, count: int) -> float:
+        """Seconds until `count` servers' Deployments and Services, created directly, are all available."""
+        namespace = f"reference-{count}"
+        self.fresh_namespace(namespace)
+        started = time.monotonic()
+        self.create([c for i in range(count) for c in reference_children(f"ref-{i}", namespace)])
+        while True:
+            items = json.loads(self.cluster.kubectl("get", "deployments", "-n", namespace, "-o", "json"))[
+                "items"
+            ]
+            available = sum(1 for d in items if d.get("status", {}).get("availableReplicas", 0) >= 1)
+            if available == count:
+                elapsed = time.monotonic() - started
+                break
+            if time.monotonic() - started > 1800:
+                raise RuntimeError(f"only {available} of {count} reference Deployments became available")
+            time.sleep(1)
+        # Out of the way before the operator's turn: the node and the controllers carry only one load.
+        self.cluster.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=600s")
+        return elapsed
+
+    def model_deployments(self, namespace: str = "bench") -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = json.loads(
-            self.cluster.kubectl("get", "modeldeployments", "-n", "bench", "-o", "json")
+            self.cluster.kubectl("get", "modeldeployments", "-n", namespace, "-o", "json")
         )["items"]
         return items
 
@@ -105,14 +158,15 @@ class Bench:
         return to_deployment, to_ready
 
     def burst(self, count: int) -> float:
+        namespace = f"burst-{count}"
+        self.fresh_namespace(namespace)
         started = time.monotonic()
-        self.apply([model_deployment(f"burst-{index}") for index in range(count)])
+        self.create([model_deployment(f"burst-{index}", namespace) for index in range(count)])
         while True:
             ready = sum(
                 1
-                for body in self.model_deployments()
-                if body["metadata"]["name"].startswith("burst-")
-                and any(
+                for body in self.model_deployments(namespace)
+                if any(
                     c["type"] == "Ready" and c["status"] == "True"
                     for c in body.get("status", {}).get("conditions", [])
                 )
@@ -128,12 +182,12 @@ class Bench:
         operator write those) and, per child, the operator's managed-fields entry (controllers
         update the children's status on their own)."""
         kinds = "modeldeployments,deployments,services,poddisruptionbudgets"
-        listed = json.loads(
-            self.cluster.kubectl("get", kinds, "-n", "bench", "-o", "json", "--show-managed-fields")
-        )["items"]
+        listed = json.loads(self.cluster.kubectl("get", kinds, "-A", "-o", "json", "--show-managed-fields"))[
+            "items"
+        ]
         writes: dict[str, Any] = {}
         for item in listed:
-            key = f"{item['kind']}/{item['metadata']['name']}"
+            key = f"{item['kind']}/{item['metadata'].get('namespace')}/{item['metadata']['name']}"
             if item["kind"] == "ModelDeployment":
                 writes[key] = item["metadata"]["resourceVersion"]
             else:
@@ -142,22 +196,41 @@ class Bench:
                 ]
         return writes
 
-    def idle(self) -> tuple[int, int, int]:
-        """(reconciles, write requests, objects the operator changed) over an idle window."""
+    def idle(self, seconds: float) -> dict[str, float]:
+        """What the operator does over an idle window of `seconds`: reconciles (the resync's), API
+        reads and writes it sends (leases apart), objects it changed."""
         time.sleep(5)
         before = self.operator_writes()
+        metrics_before = self.operator.metrics()
         offset = len(self.log.read_text(errors="replace"))
-        time.sleep(IDLE_WINDOW_SECONDS)
+        started = time.monotonic()
+        time.sleep(seconds)
         window = self.log.read_text(errors="replace")[offset:]
+        metrics_after = self.operator.metrics()
+        elapsed = time.monotonic() - started
         after = self.operator_writes()
-        reconciles = sum(int(count) for count in RESYNC.findall(window))
+
+        def grew(metric: str, **labels: str) -> float:
+            return metric_total(metrics_after, metric, **labels) - metric_total(
+                metrics_before, metric, **labels
+            )
+
         writes = [
             match
             for match in WRITE_REQUEST.finditer(window)
             if "/leases" not in match.group(2) and "/events" not in match.group(2)
         ]
-        changed = sum(1 for key, value in after.items() if before.get(key) != value)
-        return reconciles, len(writes), changed
+        lease_writes = grew("modeldeploy_operator_kubernetes_writes_total", kind="Lease")
+        return {
+            "resync": sum(int(count) for count in RESYNC.findall(window)),
+            "reconciles": grew("modeldeploy_operator_reconciles_total"),
+            "api_reads": grew("modeldeploy_operator_kubernetes_reads_total", source="api"),
+            "cache_reads": grew("modeldeploy_operator_kubernetes_reads_total", source="cache"),
+            "writes": len(writes),
+            "lease_writes": lease_writes,
+            "seconds": elapsed,
+            "changed": sum(1 for key, value in after.items() if before.get(key) != value),
+        }
 
     def operator_memory(self) -> tuple[float, float]:
         assert self.operator.process is not None
@@ -173,28 +246,57 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sequential", type=int, default=50, help="objects applied one by one")
-    parser.add_argument("--burst", type=int, default=300, help="objects applied at once")
+    parser.add_argument("--burst", default="250,1000", help="comma-separated sizes of bursts created at once")
+    parser.add_argument("--idle", type=float, default=IDLE_WINDOW_SECONDS, help="seconds of the idle window")
     args = parser.parse_args()
+    sizes = [int(size) for size in args.burst.split(",") if size.strip()]
+    bursts: list[tuple[int, float, float]] = []
     with tempfile.TemporaryDirectory(prefix="modeldeploy-bench-") as workdir, LocalCluster() as cluster:
         bench = Bench(cluster, Path(workdir))
+        install_crds(cluster, REPO)
+        # The references first, while no operator runs: each measures the control plane alone.
+        references = {size: bench.reference(size) for size in sizes}
         bench.start_operator()
         try:
             to_deployment, to_ready = bench.sequential(args.sequential)
-            converge = bench.burst(args.burst)
-            reconciles, writes, changed = bench.idle()
+            for size in sizes:
+                bursts.append((size, references[size], bench.burst(size)))
+            idle = bench.idle(args.idle)
             rss, peak = bench.operator_memory()
         finally:
             bench.operator.stop()
+    total = args.sequential + sum(sizes)
+    reconciles = max(idle["reconciles"], 1)
     rows = [
-        (f"apply -> stable Deployment exists (n={len(to_deployment)})",
-         f"p50 {statistics.median(to_deployment):.2f} s, p95 {percentile(to_deployment, 0.95):.2f} s"),
-        (f"apply -> Ready (n={len(to_ready)})",
-         f"p50 {statistics.median(to_ready):.2f} s, p95 {percentile(to_ready, 0.95):.2f} s"),
-        (f"{args.burst} applied at once -> all Ready", f"{converge:.1f} s"),
-        (f"idle window {IDLE_WINDOW_SECONDS:.0f} s", f"{reconciles} reconciles from the periodic resync"),
-        ("write requests per idle reconcile", f"{writes / max(reconciles, 1):.3f} ({writes} in all)"),
-        ("objects the operator changed while idle", str(changed)),
-        (f"operator RSS with {args.sequential + args.burst} objects", f"{rss:.0f} MiB (peak {peak:.0f} MiB)"),
+        (
+            f"apply -> stable Deployment exists (n={len(to_deployment)})",
+            f"p50 {statistics.median(to_deployment):.2f} s, p95 {percentile(to_deployment, 0.95):.2f} s",
+        ),
+        (
+            f"apply -> Ready (n={len(to_ready)})",
+            f"p50 {statistics.median(to_ready):.2f} s, p95 {percentile(to_ready, 0.95):.2f} s",
+        ),
+    ]
+    for size, reference, converged in bursts:
+        rows.append(
+            (
+                f"{size} created at once -> all Ready",
+                f"{converged:.1f} s ({1000 * converged / size:.0f} ms each); reference without the operator"
+                f" {reference:.1f} s; ratio {converged / reference:.2f}",
+            )
+        )
+    rows += [
+        (f"idle window {idle['seconds']:.0f} s",
+         f"{idle['reconciles']:.0f} reconciles ({idle['resync']:.0f} from the periodic resync)"),
+        ("API reads per idle reconcile",
+         f"{idle['api_reads'] / reconciles:.3f} ({idle['api_reads']:.0f} in all; {idle['cache_reads']:.0f}"
+         " answered by the watch cache)"),
+        ("write requests per idle reconcile", f"{idle['writes'] / reconciles:.3f} ({idle['writes']} in all)"),
+        ("operator API requests per second at idle",
+         f"{(idle['api_reads'] + idle['writes']) / idle['seconds']:.3f}"
+         f" (plus {idle['lease_writes'] / idle['seconds']:.2f}/s of Lease renewals)"),
+        ("objects the operator changed while idle", f"{idle['changed']:.0f}"),
+        (f"operator RSS with {total} objects", f"{rss:.0f} MiB (peak {peak:.0f} MiB)"),
     ]  # fmt: skip
     width = max(len(label) for label, _ in rows)
     for label, value in rows:

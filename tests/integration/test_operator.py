@@ -14,6 +14,7 @@ import yaml
 
 from kube_helpers import wait_until
 from modeldeploy_localcluster.cluster import LocalCluster
+from modeldeploy_localcluster.local_operator import metric_total
 from operator_harness import (
     REPO,
     TEST_SERVER_IMAGE,
@@ -446,18 +447,6 @@ def test_a_canary_whose_model_cannot_be_fetched_is_rolled_back_with_the_fetch_er
     wait_until(lambda: not canary_pods(), "the canary pods to go")
     # The stable Deployment grows back to its full size.
     wait_ready(cluster, namespace)
-
-
-def metric_total(text: str, name: str, **labels: str) -> float:
-    """The sum of a counter's samples whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        series, value = line.rsplit(" ", 1)
-        if all(f'{key}="{wanted}"' in series for key, wanted in labels.items()):
-            total += float(value)
-    return total
 
 
 def test_an_idle_reconcile_reads_only_the_watch_cache(
