@@ -14,3 +14,6 @@ COREDNS = "v1.14.7"
 # The Gateway API implementation the gateway-api provider is tested with on a real node (Traefik's
 # kubernetesGateway provider, Gateway API v1.4 standard channel); built only for those tests.
 TRAEFIK = "v3.6.12"
+# Prometheus with only its Kubernetes service discovery (for the real-node canary tests). The
+# module's v0.3MM.P tags are Prometheus 3.MM.P (its VERSION file).
+PROMETHEUS = "v0.316.0"
