@@ -1,7 +1,9 @@
 """`modeldeploy-operator`: runs the kopf operator with the settings from the environment.
 
 With leader election on (the default), the process first waits for the Lease, answering
-its liveness probe meanwhile, and runs kopf only while it holds the Lease.
+its liveness probe meanwhile, and runs kopf only while it holds the Lease. A leader that loses
+the Lease (another replica took it, or the API server was away for longer than the renew
+deadline) stops kopf and waits for the Lease again, in the same process.
 """
 
 from __future__ import annotations
@@ -154,21 +156,32 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
-    with standby_liveness(args.liveness):
-        if not asyncio.run(_acquire(settings, identity)):
-            print(
-                "modeldeploy-operator: stopped while waiting for the leader-election Lease", file=sys.stderr
-            )
+    while True:
+        with standby_liveness(args.liveness):
+            if not asyncio.run(_acquire(settings, identity)):
+                print(
+                    "modeldeploy-operator: stopped while waiting for the leader-election Lease",
+                    file=sys.stderr,
+                )
+                return
+        if not _lead(settings, identity, args.liveness):
             return
+        # Not an exit: an API server that was away for longer than the renew deadline is back, or a
+        # standby leads now; waiting for the Lease again needs no restart by the kubelet (a restart
+        # would count against the pod, and a single replica would be CrashLoopBackOff'd for nothing).
+        print("modeldeploy-operator: lost the leader-election Lease; waiting for it again", file=sys.stderr)
+
+
+def _lead(settings: OperatorSettings, identity: str, liveness: str) -> bool:
+    """Runs kopf while this replica holds the Lease; True when it lost the Lease, False when stopped."""
     stop, lost = threading.Event(), threading.Event()
     keeper = threading.Thread(target=lambda: asyncio.run(_keep(settings, identity, stop, lost)), daemon=True)
     keeper.start()
     METRICS.leader.set(1)
     try:
-        _run_kopf(settings, args.liveness)
+        _run_kopf(settings, liveness)
     finally:
         METRICS.leader.set(0)
         stop.set()
         keeper.join(timeout=KEEPER_JOIN_SECONDS)
-    if lost.is_set():
-        sys.exit("modeldeploy-operator: lost the leader-election Lease")
+    return lost.is_set()

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from kube_helpers import wait_until
-from modeldeploy_localcluster.cluster import LocalCluster
+from modeldeploy_localcluster.cluster import ClusterError, LocalCluster
 from modeldeploy_localcluster.iris_models import v2_inference_payloads
 from modeldeploy_localcluster.local_operator import metric_total
 from modeldeploy_localcluster.standins import PrometheusProcess, ServerStandIns, WeightedLoad
@@ -166,7 +166,10 @@ class CanaryRecorder:
 
     def _run(self) -> None:
         while not self._stopped.wait(0.5):
-            canary = self.rollouts.status().get("canary")
+            try:
+                canary = self.rollouts.status().get("canary")
+            except ClusterError:
+                continue  # the API server is away (a fault test restarts it): nothing to see
             if canary is not None:
                 self.samples.append(canary)
 
