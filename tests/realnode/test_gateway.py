@@ -121,6 +121,15 @@ def gateway_operator(
     assert "Traceback" not in process.log_text(), process.log_text()[-5000:]
 
 
+@pytest.fixture
+def namespace(real_cluster: RealCluster) -> Iterator[str]:
+    """A namespace enforcing the restricted pod security standard, deleted afterwards with its pods
+    (the node is shared by the session's later tests)."""
+    name = _restricted_namespace(real_cluster)
+    yield name
+    real_cluster.cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
 def _manifest(model_url: str, version: str) -> dict[str, Any]:
     return {
         "apiVersion": "modeldeploy.io/v1alpha1",
@@ -283,10 +292,10 @@ def test_gateway_split_follows_the_http_route_weights_on_real_pods(
     traefik: TraefikGateway,
     gateway_operator: OperatorProcess,
     model_http_server: str,
+    namespace: str,
     tmp_path: Path,
 ) -> None:
     cluster = real_cluster.cluster
-    namespace = _restricted_namespace(real_cluster)
     rollout = Rollout(real_cluster, traefik, namespace)
 
     def apply(model: str, version: str) -> None:
