@@ -72,8 +72,16 @@ MODEL_DIR = "/mnt/models"
 MODEL_SOURCE_DIR = "/mnt/model-source"
 # The server image's unprivileged user; a numeric id lets the kubelet enforce runAsNonRoot.
 SERVER_USER_ID = 65532
-# A little longer than the server's own graceful shutdown (25 s), so in-flight requests finish.
-TERMINATION_GRACE_SECONDS = 30
+# How long a terminating server pod keeps serving before it is sent SIGTERM: kube-proxy and
+# Gateways keep routing to it until they have seen its EndpointSlice change (Traefik sent
+# requests to a stopped pod for 1.3-2.0 s on the real node). The delay lives in the preStop
+# sleep alone: the server's own drain delay is set to 0, so it is not paid twice.
+PRE_STOP_SLEEP_SECONDS = 5
+# How long in-flight requests may take to finish once the server has its SIGTERM.
+SERVER_GRACEFUL_SHUTDOWN_SECONDS = 25
+# The kubelet counts the preStop hook in the grace period: it covers the sleep, the in-flight
+# requests and a margin for the process to exit, before SIGKILL.
+TERMINATION_GRACE_SECONDS = PRE_STOP_SLEEP_SECONDS + SERVER_GRACEFUL_SHUTDOWN_SECONDS + 5
 # Fetching streams the artifact to disk: it needs little, and the server's GPU or memory
 # requests would only make the pod harder to schedule.
 FETCH_CPU_REQUEST = "100m"
@@ -173,6 +181,8 @@ def _server_env(
         "BATCH_MAX_SIZE": str(batching.max_size),
         "BATCH_WINDOW_MS": str(batching.window_ms),
         "ALLOW_PICKLE": str(settings.allow_pickle).lower(),
+        "DRAIN_DELAY_SECONDS": "0",
+        "GRACEFUL_SHUTDOWN_SECONDS": str(SERVER_GRACEFUL_SHUTDOWN_SECONDS),
     }
     # The server rejects an empty digest, so the variable is set only with a pin.
     if model.sha256 is not None:
@@ -259,6 +269,8 @@ def _server_container(
             "periodSeconds": 10,
             "failureThreshold": 3,
         },
+        # The kubelet's own sleep (no shell or sleep binary needed in the image).
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP_SECONDS}}},
         "securityContext": _container_security_context(),
         "volumeMounts": [
             {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},

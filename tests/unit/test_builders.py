@@ -264,3 +264,23 @@ def test_owner_from_body() -> None:
         "metadata": {"name": "iris", "namespace": "ml", "uid": "uid-1", "generation": 3},
     }
     assert Owner.from_body(body) == OWNER
+
+
+def test_a_terminating_server_pod_drains_once_and_within_its_grace_period() -> None:
+    deployment = next(
+        child
+        for child in build_children(OWNER, spec_with(), OperatorSettings())
+        if child["kind"] == "Deployment"
+    )
+    pod = deployment["spec"]["template"]["spec"]
+    container = server_container(deployment)
+    sleep = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    env = env_of(container)
+    server = ServerSettings(
+        drain_delay_seconds=float(env["MODELDEPLOY_SERVER_DRAIN_DELAY_SECONDS"]),
+        graceful_shutdown_seconds=float(env["MODELDEPLOY_SERVER_GRACEFUL_SHUTDOWN_SECONDS"]),
+    )
+    # The preStop sleep is the drain; the server must not wait again once it has its SIGTERM.
+    assert sleep >= 2
+    assert server.drain_delay_seconds == 0
+    assert pod["terminationGracePeriodSeconds"] > sleep + server.graceful_shutdown_seconds
