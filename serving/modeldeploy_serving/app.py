@@ -1,7 +1,6 @@
 """The HTTP layer: thin FastAPI endpoints that translate to and from the data plane."""
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -19,11 +18,11 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modeldeploy_serving import codec
 from modeldeploy_serving.dataplane import SERVER_VERSION, DataPlane, WorkerGroup
-from modeldeploy_serving.errors import InvalidInput, ServingError
+from modeldeploy_serving.errors import ServingError
+from modeldeploy_serving.fastpath import FastPath
 from modeldeploy_serving.metrics import ServerMetrics
-from modeldeploy_serving.protocol import InferenceRequest, V1PredictRequest
+from modeldeploy_serving.protocol import InferenceRequest, V1PredictRequest, describe_validation_errors
 from modeldeploy_serving.routes import classify_path
 from modeldeploy_serving.settings import ServerSettings
 
@@ -39,6 +38,22 @@ class ErrorResponse(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 404, 413, 503)
 }
+
+
+class ModelServerApp(FastAPI):
+    """FastAPI with the fast path in front: inference and health requests never reach routing.
+
+    The inference endpoints stay declared as FastAPI routes, for the OpenAPI document.
+    """
+
+    fast_path: FastPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = self.fast_path.handler(scope) if self.fast_path is not None else None
+        if handler is not None:
+            await handler(receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 class ServerState:
@@ -77,13 +92,13 @@ def create_app(
             loading.cancel()
         await plane.stop()
 
-    app = FastAPI(
+    app = ModelServerApp(
         title="modeldeploy model server",
         version=SERVER_VERSION,
         description="Open Inference Protocol (V2) and KServe V1 endpoints for one model.",
         lifespan=lifespan,
     )
-    app.add_middleware(JsonBodyMiddleware)
+    app.fast_path = FastPath(plane, metrics, settings)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, max_body_bytes=settings.max_request_bytes)
     _add_error_handlers(app)
     _add_routes(app, plane, exposition_registry if exposition_registry is not None else registry)
@@ -179,20 +194,6 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=error.status_code, headers=error.headers)
 
 
-def describe_validation_errors(errors: Any) -> str:
-    """One line naming each invalid field of a request, e.g. `body.inputs.0.shape: ...`."""
-    parts = []
-    for error in errors:
-        location = ".".join(str(part) for part in error.get("loc", ()))
-        message = error.get("msg", "invalid")
-        if error.get("type") == "json_invalid":
-            position = error.get("loc", ("body", "?"))[-1]
-            location = "body"
-            message = f"malformed JSON at character {position} ({error.get('ctx', {}).get('error', '')})"
-        parts.append(f"{location}: {message}" if location else message)
-    return "; ".join(parts) or "invalid request"
-
-
 class RequestMetricsMiddleware:
     """Counts and times protocol requests, and refuses bodies over the size limit with 413."""
 
@@ -242,76 +243,6 @@ class RequestMetricsMiddleware:
             return message
 
         return limited_receive
-
-
-# The header of the binary tensor data extension: the length of the JSON part of the body.
-BINARY_HEADER = b"inference-header-content-length"
-
-
-class JsonBodyMiddleware:
-    """Hands the endpoints every protocol request body as JSON.
-
-    The protocols' bodies are JSON, but some clients (Triton's) send no or another content type,
-    for which FastAPI would pass raw bytes; and bodies of the binary tensor data extension (a JSON
-    header, then raw tensors) are turned into plain JSON requests here.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self._app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not (scope["type"] == "http" and scope["method"] == "POST" and classify_path(scope["path"])):
-            await self._app(scope, receive, send)
-            return
-        headers = [(name, value) for name, value in scope["headers"] if name != b"content-type"]
-        header_length = next((value for name, value in headers if name == BINARY_HEADER), None)
-        if header_length is not None:
-            try:
-                body = await _json_from_binary_request(header_length, receive)
-            except (InvalidInput, StarletteHTTPException) as error:
-                status = error.status_code if isinstance(error, StarletteHTTPException) else 400
-                detail = error.detail if isinstance(error, StarletteHTTPException) else str(error)
-                await _send_error(send, status, str(detail))
-                return
-            receive = _replay(body, receive)
-            headers = [
-                (name, value) for name, value in headers if name not in (BINARY_HEADER, b"content-length")
-            ]
-            headers.append((b"content-length", str(len(body)).encode()))
-        scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
-        await self._app(scope, receive, send)
-
-
-async def _json_from_binary_request(header_length: bytes, receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    body = b"".join(chunks)
-    try:
-        split = int(header_length)
-        header = json.loads(body[:split])
-    except ValueError as error:
-        raise InvalidInput(f"the JSON header of a binary request cannot be read ({error})") from None
-    if not 0 <= split <= len(body):
-        raise InvalidInput("Inference-Header-Content-Length is larger than the body")
-    return json.dumps(codec.inline_binary_tensors(header, body[split:])).encode()
-
-
-def _replay(body: bytes, original: Receive) -> Receive:
-    """A receive channel that delivers `body` once, then whatever the client does next."""
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if sent:
-            return await original()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return receive
 
 
 def _content_length(scope: Scope) -> int | None:

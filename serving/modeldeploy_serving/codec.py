@@ -66,6 +66,14 @@ def decode_tensor(name: str, datatype: str, shape: Sequence[int], data: Any) -> 
             f"input '{name}': unknown datatype '{datatype}'; expected one of {', '.join(V2_DATATYPES)}"
         )
     expected_size = check_shape(name, shape)
+    if isinstance(data, np.ndarray):
+        # Decoded from the binary tensor data extension: already an array of the datatype.
+        if data.size != expected_size:
+            raise InvalidInput(
+                f"input '{name}': binary data holds {data.size} elements "
+                f"but the declared shape {list(shape)} needs {expected_size}"
+            )
+        return data.reshape(tuple(shape))
     if not isinstance(data, list):
         raise InvalidInput(f"input '{name}': data must be a JSON array")
     data_shape, flat = flatten(name, data)
@@ -166,7 +174,8 @@ def _describe_kind(kind: str) -> str:
 
 
 def inline_binary_tensors(header: Any, blob: bytes) -> Any:
-    """A request of the binary tensor data extension with each binary input's data as JSON.
+    """A request of the binary tensor data extension with each binary input's data decoded:
+    a numpy array of the datatype (no Python object per element), or a list of str for BYTES.
 
     Inputs whose `parameters.binary_data_size` is set take that many bytes of `blob`, in order:
     little-endian elements, or for BYTES a 4-byte little-endian length before each element.
@@ -192,7 +201,7 @@ def inline_binary_tensors(header: Any, blob: bytes) -> Any:
     return header
 
 
-def _decode_binary(name: str, datatype: Any, chunk: bytes) -> list[Any]:
+def _decode_binary(name: str, datatype: Any, chunk: bytes) -> npt.NDArray[Any] | list[str]:
     if datatype == "BYTES":
         values, offset = [], 0
         while offset < len(chunk):
@@ -216,8 +225,37 @@ def _decode_binary(name: str, datatype: Any, chunk: bytes) -> list[Any]:
     values_array = np.frombuffer(chunk, dtype=dtype.newbyteorder("<"))
     if dtype.kind == "f" and not np.isfinite(values_array).all():
         raise InvalidInput(f"input '{name}': binary data holds NaN or infinity")
-    decoded: list[Any] = values_array.tolist()
-    return decoded
+    if dtype == np.bool_ and values_array.view(np.uint8).max(initial=0) > 1:
+        raise InvalidInput(f"input '{name}': BOOL binary data holds a byte other than 0 and 1")
+    # A writable array in native byte order, independent of the request body's buffer.
+    return values_array.astype(dtype)
+
+
+def binary_tensor(array: npt.NDArray[Any]) -> bytes:
+    """`array`'s elements as the binary tensor data extension carries them: row-major,
+    little-endian, BOOL as one byte each, BYTES as a 4-byte little-endian length before each
+    UTF-8 element."""
+    datatype = datatype_of(array)
+    if datatype == "BYTES":
+        parts = []
+        for item in array.reshape(-1):
+            encoded = item if isinstance(item, bytes) else str(item).encode()
+            parts.append(len(encoded).to_bytes(4, "little"))
+            parts.append(encoded)
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def binary_output(name: str, array: npt.NDArray[Any]) -> tuple[dict[str, Any], bytes]:
+    """A V2 response tensor sent as binary data: its JSON part (no `data`) and its bytes."""
+    data = binary_tensor(array)
+    tensor = {
+        "name": name,
+        "shape": list(array.shape),
+        "datatype": datatype_of(array),
+        "parameters": {"binary_data_size": len(data)},
+    }
+    return tensor, data
 
 
 def datatype_of(array: npt.NDArray[Any]) -> str:

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,14 @@ from modeldeploy_serving.errors import InvalidInput, ModelNotFound, ModelNotRead
 from modeldeploy_serving.loading import LoadedArtifact, load_artifact
 from modeldeploy_serving.metrics import ServerMetrics
 from modeldeploy_serving.model import OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA, Model, TensorSpec
-from modeldeploy_serving.protocol import InferenceRequest, V1PredictRequest
+from modeldeploy_serving.protocol import (
+    InferenceRequest,
+    OutputRequest,
+    V1PredictRequest,
+    V1Request,
+    V2Request,
+    from_inference_request,
+)
 from modeldeploy_serving.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -34,6 +42,36 @@ try:
     SERVER_VERSION = importlib.metadata.version("modeldeploy")
 except importlib.metadata.PackageNotFoundError:  # running from a source tree that is not installed
     SERVER_VERSION = "unknown"
+
+
+@dataclass(frozen=True)
+class V2Answer:
+    """A V2 inference response: the JSON object, and the bytes of its binary outputs in order."""
+
+    body: dict[str, Any]
+    binary: list[bytes]
+    rows: int
+    """How many rows were predicted."""
+
+
+class InlineEstimate:
+    """Whether small predictions are quick enough to run on the event loop.
+
+    A moving average of how long they take; above the budget they go to the prediction threads
+    (which keep measuring them, so a model that becomes quick again comes back inline).
+    """
+
+    def __init__(self, budget_seconds: float, first_seconds: float = 0.0) -> None:
+        self._budget = budget_seconds
+        self._average = first_seconds
+
+    def worth_it(self) -> bool:
+        """Whether the next small prediction should run inline."""
+        return self._average < self._budget
+
+    def observe(self, seconds: float) -> None:
+        """Account for one small prediction's duration."""
+        self._average += (seconds - self._average) * 0.1
 
 
 class DataPlane:
@@ -55,6 +93,7 @@ class DataPlane:
         )
         self._batcher: AdaptiveBatcher | None = None
         self._in_flight = 0
+        self._inline = InlineEstimate(settings.inline_predict_max_ms / 1000)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -86,10 +125,10 @@ class DataPlane:
         if warm_up is None:
             logger.warning("The model does not say how many features it takes: serving it without a warm-up")
         elif warm_up.from_artifact:
-            model.predict(warm_up.rows, model.default_outputs)
+            self._warm_up(model, warm_up.rows)
         else:
             try:
-                model.predict(warm_up.rows, model.default_outputs)
+                self._warm_up(model, warm_up.rows)
             except InvalidInput as error:
                 # Made-up rows (zeros) may be outside what the model accepts, such as unknown
                 # categories; the model did run its checks, which is what the warm-up is for.
@@ -97,6 +136,14 @@ class DataPlane:
         self._model = model
         if self._peers is not None:
             self._peers.mark_ready()
+
+    def _warm_up(self, model: Model, rows: npt.NDArray[Any]) -> None:
+        """One prediction; its duration is the first guess at whether predictions run inline."""
+        started = time.perf_counter()
+        model.predict(rows, model.default_outputs)
+        self._inline = InlineEstimate(
+            self._settings.inline_predict_max_ms / 1000, time.perf_counter() - started
+        )
 
     async def start(self) -> None:
         """Start the batcher, if enabled, on the running event loop."""
@@ -169,26 +216,57 @@ class DataPlane:
 
     # --- inference ---------------------------------------------------------------------------
 
-    async def infer(self, name: str, version: str | None, request: InferenceRequest) -> dict[str, Any]:
-        """A V2 inference: decode the tensors, predict, encode the requested outputs."""
+    async def infer(
+        self, name: str, version: str | None, request: InferenceRequest | V2Request, offload: bool = False
+    ) -> dict[str, Any]:
+        """A V2 inference answered in JSON (binary outputs asked for are still JSON here)."""
+        if isinstance(request, InferenceRequest):
+            request = from_inference_request(request)
+        request = replace(request, binary_output=False, outputs=_json_outputs(request.outputs))
+        return (await self.infer_v2(name, version, request, offload)).body
+
+    async def infer_v2(
+        self, name: str, version: str | None, request: V2Request, offload: bool = False
+    ) -> V2Answer:
+        """A V2 inference: decode the tensors, predict, encode the requested outputs.
+
+        With `offload` (a large request) decoding and encoding run on a thread, so the event
+        loop keeps answering other requests (health checks) meanwhile.
+        """
         model = self._ready_model(name, version)
-        rows = self._rows_from_v2(model, request)
-        outputs = self._requested_outputs(model, request)
-        results = await self._predict(rows, outputs)
-        response: dict[str, Any] = {
-            "model_name": self._settings.model_name,
-            "id": request.id if request.id is not None else str(uuid.uuid4()),
-            "outputs": [codec.encode_tensor(output, results[output]) for output in outputs],
-        }
-        if self._settings.model_version:
-            response["model_version"] = self._settings.model_version
+        if offload:
+            rows, outputs = await asyncio.to_thread(self._decode_v2, model, request)
+        else:
+            rows, outputs = self._decode_v2(model, request)
+        results = await self._predict(rows, tuple(name for name, _ in outputs))
+        if offload or len(rows) > self._settings.inline_max_rows:
+            answer = await asyncio.to_thread(self._encode_v2, request, outputs, results, len(rows))
+        else:
+            answer = self._encode_v2(request, outputs, results, len(rows))
         # Counted only once the answer is certain: an output JSON cannot carry is a 400.
         self._record(model, results)
-        return response
+        return answer
 
-    async def predict_v1(self, name: str, request: V1PredictRequest) -> dict[str, Any]:
+    async def predict_v1(
+        self, name: str, request: V1PredictRequest | V1Request, offload: bool = False
+    ) -> dict[str, Any]:
         """A V1 prediction: one prediction per instance."""
         model = self._ready_model(name, None)
+        if isinstance(request, V1PredictRequest):
+            request = V1Request(instances=request.instances, inputs=request.inputs)
+        if offload:
+            rows = await asyncio.to_thread(self._decode_v1, model, request)
+        else:
+            rows = self._decode_v1(model, request)
+        results = await self._predict(rows, (OUTPUT_PREDICT,))
+        if offload or len(rows) > self._settings.inline_max_rows:
+            predictions = await asyncio.to_thread(codec.json_values, results[OUTPUT_PREDICT])
+        else:
+            predictions = codec.json_values(results[OUTPUT_PREDICT])
+        self._record(model, results)
+        return {"predictions": predictions}
+
+    def _decode_v1(self, model: Model, request: V1Request) -> npt.NDArray[Any]:
         if (request.instances is None) == (request.inputs is None):
             raise InvalidInput("the body must hold exactly one of 'instances' and 'inputs'")
         names = model.description.feature_names
@@ -197,20 +275,54 @@ class DataPlane:
         else:
             rows = codec.rows_from_instances(request.instances or request.inputs, names)
         self._check_width(model, rows)
-        results = await self._predict(rows, (OUTPUT_PREDICT,))
-        response = {"predictions": codec.json_values(results[OUTPUT_PREDICT])}
-        self._record(model, results)
-        return response
+        return rows
+
+    def _decode_v2(self, model: Model, request: V2Request) -> tuple[npt.NDArray[Any], list[tuple[str, bool]]]:
+        rows = self._rows_from_v2(model, request)
+        return rows, self._requested_outputs(model, request)
+
+    def _encode_v2(
+        self, request: V2Request, outputs: list[tuple[str, bool]], results: Outputs, rows: int
+    ) -> V2Answer:
+        tensors = []
+        binary = []
+        for output, as_binary in outputs:
+            if as_binary:
+                tensor, data = codec.binary_output(output, results[output])
+                tensors.append(tensor)
+                binary.append(data)
+            else:
+                tensors.append(codec.encode_tensor(output, results[output]))
+        body: dict[str, Any] = {
+            "model_name": self._settings.model_name,
+            "id": request.id if request.id is not None else str(uuid.uuid4()),
+            "outputs": tensors,
+        }
+        if self._settings.model_version:
+            body["model_version"] = self._settings.model_version
+        return V2Answer(body, binary, rows)
 
     async def _predict(self, rows: npt.NDArray[Any], outputs: Sequence[str]) -> Outputs:
         self._in_flight += 1
         try:
             if self._batcher is not None:
                 results = await self._batcher.predict(rows, outputs)
+            elif len(rows) <= self._settings.inline_max_rows and self._inline.worth_it():
+                # A thread hop costs more than a prediction this quick; the loop waits for it.
+                started = time.perf_counter()
+                results = self._predict_now(rows, outputs)
+                self._inline.observe(time.perf_counter() - started)
             else:
-                results = await self._run_in_thread(lambda: self._predict_now(rows, outputs))
+                results = await self._run_in_thread(lambda: self._timed_predict(rows, outputs))
         finally:
             self._in_flight -= 1
+        return results
+
+    def _timed_predict(self, rows: npt.NDArray[Any], outputs: Sequence[str]) -> Outputs:
+        started = time.perf_counter()
+        results = self._predict_now(rows, outputs)
+        if len(rows) <= self._settings.inline_max_rows:
+            self._inline.observe(time.perf_counter() - started)
         return results
 
     def _predict_now(self, rows: npt.NDArray[Any], outputs: Sequence[str]) -> Outputs:
@@ -249,7 +361,7 @@ class DataPlane:
             raise ModelNotReady(f"model '{name}' is not ready yet")
         return self._model
 
-    def _rows_from_v2(self, model: Model, request: InferenceRequest) -> npt.NDArray[Any]:
+    def _rows_from_v2(self, model: Model, request: V2Request) -> npt.NDArray[Any]:
         tensors = [
             (item.name, codec.decode_tensor(item.name, item.datatype, item.shape, item.data))
             for item in request.inputs
@@ -285,17 +397,26 @@ class DataPlane:
             raise InvalidInput(f"the model expects {expected} features per row, got {rows.shape[1]}")
 
     @staticmethod
-    def _requested_outputs(model: Model, request: InferenceRequest) -> tuple[str, ...]:
+    def _requested_outputs(model: Model, request: V2Request) -> list[tuple[str, bool]]:
+        """The outputs to answer, each with whether it goes as binary data."""
         if not request.outputs:
-            return model.default_outputs
+            return [(name, request.binary_output) for name in model.default_outputs]
         available = model.default_outputs
-        names = tuple(dict.fromkeys(output.name for output in request.outputs))
-        unknown = [name for name in names if name not in available]
+        chosen: dict[str, bool] = {}
+        for output in request.outputs:
+            chosen.setdefault(output.name, request.binary_output if output.binary is None else output.binary)
+        unknown = [name for name in chosen if name not in available]
         if unknown:
             raise InvalidInput(
                 f"unknown output(s) {', '.join(unknown)}; this model offers {', '.join(available)}"
             )
-        return names
+        return list(chosen.items())
+
+
+def _json_outputs(outputs: list[OutputRequest] | None) -> list[OutputRequest] | None:
+    if outputs is None:
+        return None
+    return [replace(output, binary=False) for output in outputs]
 
 
 class WorkerGroup:

@@ -13,6 +13,12 @@ class InvalidInput(ServingError):
     status_code = 400
 
 
+class RequestTooLarge(ServingError):
+    """The request body is larger than the server accepts."""
+
+    status_code = 413
+
+
 class ModelNotFound(ServingError):
     """The request names a model or version this server does not serve."""
 

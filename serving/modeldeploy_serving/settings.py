@@ -97,8 +97,51 @@ class ServerSettings(BaseSettings):
     max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     """Larger request bodies are answered with 413."""
 
+    inline_predict_max_ms: float = Field(default=2.0, ge=0, le=1000)
+    """Small predictions that take less than this (a moving average) run on the event loop,
+    without a thread hop; slower ones, and any with more than `inline_max_rows` rows, run on the
+    prediction threads. 0 sends every prediction to the threads."""
+
+    inline_max_rows: int = Field(default=64, ge=0)
+    """Requests with more rows run their prediction (and the encoding of its answer) off the
+    event loop."""
+
+    inline_body_max_bytes: int = Field(default=64 * 1024, ge=0)
+    """Request bodies larger than this are parsed and decoded off the event loop, so it keeps
+    answering health checks meanwhile."""
+
+    large_requests_at_once: int = Field(default=2, ge=1, le=64)
+    """How many large bodies (over `inline_body_max_bytes`) are decoded at the same time; the
+    others wait their turn, which bounds the memory that decoding takes."""
+
     graceful_shutdown_seconds: float = Field(default=25.0, ge=0)
-    """How long in-flight requests may take to finish after SIGTERM."""
+    """How long in-flight requests may take to finish after SIGTERM (after the drain delay)."""
+
+    drain_delay_seconds: float = Field(default=5.0, ge=0, le=600)
+    """After SIGTERM, how long the server reports not-ready but keeps accepting and serving, while
+    load balancers stop sending it traffic; every response meanwhile closes its connection. The
+    operator's pods set 0 and sleep in a preStop hook instead, so the delay is not paid twice."""
+
+    idle_connection_timeout_seconds: float = Field(default=120.0, gt=0)
+    """A connection that sends nothing for this long (after it opens or after a response) is
+    closed. Longer than the upstream idle timeouts of common proxies (60-90 s), so that a proxy
+    closes an idle connection before the server does and never reuses one being closed."""
+
+    request_read_timeout_seconds: float = Field(default=30.0, gt=0)
+    """A request whose header and body have not all arrived this long after its first byte is
+    dropped (slow clients holding connections: slowloris)."""
+
+    max_connections: int = Field(default=2048, ge=1)
+    """Open connections per worker process. Past it a new connection closes the quietest idle or
+    still-sending one, so health probes still get in; it is lowered to fit the open-file limit."""
+
+    max_requests_per_connection: int = Field(default=1000, ge=0)
+    """After this many requests on one connection its response says `Connection: close`, so
+    keep-alive clients reconnect and spread over the pods behind a Service. 0: no limit."""
+
+    max_connection_age_seconds: float = Field(default=30.0, ge=0)
+    """The first response after a connection is this old says `Connection: close` (see
+    `max_requests_per_connection`). 0: no limit."""
 
     @property
     def trusted_types(self) -> frozenset[str]:

@@ -242,7 +242,7 @@ def binary_header(*inputs: tuple[str, str, list[int], int]) -> dict[str, Any]:
     }
 
 
-def test_binary_tensors_become_json_data() -> None:
+def test_binary_tensors_are_decoded_straight_into_arrays() -> None:
     floats = np.array([1.5, -2.0], dtype="<f4").tobytes()
     ints = np.array([7], dtype="<i8").tobytes()
     text = len(b"rome").to_bytes(4, "little") + b"rome" + len(b"").to_bytes(4, "little")
@@ -251,7 +251,42 @@ def test_binary_tensors_become_json_data() -> None:
     )
     header["inputs"].insert(1, {"name": "json", "datatype": "FP64", "shape": [1], "data": [3.0]})
     inlined = codec.inline_binary_tensors(header, floats + ints + text)
-    assert [item["data"] for item in inlined["inputs"]] == [[1.5, -2.0], [3.0], [7], ["rome", ""]]
+    data = [item["data"] for item in inlined["inputs"]]
+    assert [np.asarray(item).tolist() for item in data] == [[1.5, -2.0], [3.0], [7], ["rome", ""]]
+    # Numeric tensors are arrays of their datatype (no Python object per element), writable
+    # and in native byte order; BYTES stay a list of str.
+    assert (data[0].dtype, data[2].dtype) == (np.dtype(np.float32), np.dtype(np.int64))
+    assert data[0].flags.writeable and data[0].dtype.isnative
+    tensor = codec.decode_tensor("a", "FP32", [2, 1], data[0])
+    assert tensor.shape == (2, 1) and tensor.dtype == np.float32
+    with pytest.raises(InvalidInput, match="holds 2 elements but the declared shape"):
+        codec.decode_tensor("a", "FP32", [3], data[0])
+
+
+@pytest.mark.parametrize(
+    ("array", "expected"),
+    [
+        (np.array([[0.5, 0.25]]), np.array([0.5, 0.25], dtype="<f8").tobytes()),
+        (np.array([1, 2], dtype=np.int64), np.array([1, 2], dtype="<i8").tobytes()),
+        (np.array([True, False]), b"\x01\x00"),
+        (np.array(["rome", ""], dtype=object), b"\x04\x00\x00\x00rome\x00\x00\x00\x00"),
+    ],
+)
+def test_binary_outputs_are_little_endian_row_major_and_length_prefixed_bytes(
+    array: Any, expected: bytes
+) -> None:
+    tensor, data = codec.binary_output("out", array)
+    assert data == expected
+    assert tensor == {
+        "name": "out",
+        "shape": list(array.shape),
+        "datatype": codec.datatype_of(array),
+        "parameters": {"binary_data_size": len(expected)},
+    }
+    # What a binary request of the same tensor decodes to is the array itself.
+    header = binary_header(("x", tensor["datatype"], tensor["shape"], len(data)))
+    decoded = codec.inline_binary_tensors(header, data)["inputs"][0]["data"]
+    assert np.asarray(decoded).reshape(array.shape).tolist() == array.tolist()
 
 
 @pytest.mark.parametrize(
@@ -267,6 +302,7 @@ def test_binary_tensors_become_json_data() -> None:
         (binary_header(("a", "BYTES", [1], 5)), b"\x01\x00\x00\x00\xff", "not UTF-8"),
         (binary_header(("a", "COMPLEX", [1], 1)), b"1", "unknown datatype"),
         (binary_header(("a", "FP32", [1], -1)), b"", "does not fit the body"),
+        (binary_header(("a", "BOOL", [1], 1)), b"\x02", "other than 0 and 1"),
     ],
 )
 def test_malformed_binary_requests_are_client_errors(header: Any, blob: bytes, message: str) -> None:
