@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from modeldeploy_localcluster import versions
 from modeldeploy_localcluster.build import Progress, ensure_prometheus_binary
 from modeldeploy_localcluster.cluster import (
     ClusterError,
@@ -42,6 +43,9 @@ def scrape_config_from_pod_monitor(
     pod_monitor: dict[str, Any], kubeconfig: Path, scrape_interval: str
 ) -> dict[str, Any]:
     """The scrape job prometheus-operator would make of a PodMonitor's first metrics endpoint.
+
+    The interval is the caller's, not the PodMonitor's (the chart's 15 s is too slow for
+    analysis windows of seconds).
 
     Selection by the PodMonitor's matchLabels (as discovery selectors and as `keep` rules), its
     namespaces, the named port, the pods' phase (finished pods are dropped), the job from
@@ -190,6 +194,9 @@ def rendered_pod_monitor(helm: Path, chart: Path, namespace: str) -> dict[str, A
             str(chart),
             "--namespace",
             namespace,
+            # Offline, helm assumes an old Kubernetes, which the chart's kubeVersion refuses.
+            "--kube-version",
+            versions.KUBERNETES,
             "--set",
             "monitoring.podMonitor.enabled=true",
             "--show-only",
