@@ -10,16 +10,20 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from modeldeploy_localcluster.build import ensure_binaries
 from modeldeploy_localcluster.cluster import LocalCluster, free_port
 from modeldeploy_localcluster.images import BuiltImage, ensure_images
 from modeldeploy_localcluster.iris_models import write_iris_models
 from modeldeploy_localcluster.node import NODE_IP, RealNode
+from modeldeploy_localcluster.pod_prometheus import PodPrometheus, rendered_pod_monitor
+from operator_harness import OperatorProcess, install_crd_and_rbac, service_account_kubeconfig
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -60,6 +64,28 @@ def real_cluster(built_images: dict[str, BuiltImage]) -> Iterator[RealCluster]:
         _progress(f"real node timings: {node.timings}")
 
 
+def restricted_namespace(real_cluster: RealCluster) -> str:
+    """A new namespace enforcing the restricted pod security standard, once its service account exists."""
+    name = f"rp-{uuid.uuid4().hex[:6]}"
+    cluster = real_cluster.cluster
+    cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
+    deadline = time.monotonic() + 60
+    while not cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).startswith("NAME"):
+        assert time.monotonic() < deadline, f"no default service account in {name}"
+        time.sleep(0.3)
+    return name
+
+
+@pytest.fixture
+def namespace(real_cluster: RealCluster) -> Iterator[str]:
+    """A restricted namespace for one test, deleted afterwards with its pods (the node is shared by
+    the session's later tests)."""
+    name = restricted_namespace(real_cluster)
+    yield name
+    real_cluster.cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return write_iris_models(tmp_path_factory.mktemp("models"))
@@ -81,3 +107,34 @@ def model_http_server(real_cluster: RealCluster, models: dict[str, Path]) -> Ite
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def local_operator(
+    real_cluster: RealCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    cluster = real_cluster.cluster
+    install_crd_and_rbac(cluster)
+    workdir = tmp_path_factory.mktemp("operator")
+    process = OperatorProcess(
+        service_account_kubeconfig(cluster, workdir / "kubeconfig"),
+        workdir / "operator.log",
+        extra_env={"MODELDEPLOY_OPERATOR_SERVER_IMAGE": real_cluster.images["server"].name},
+    )
+    process.start()
+    yield process
+    process.stop()
+    assert "Traceback" not in process.log_text(), process.log_text()[-5000:]
+
+
+@pytest.fixture(scope="module")
+def pod_prometheus(real_cluster: RealCluster) -> Iterator[PodPrometheus]:
+    """Prometheus discovering the server pods with the chart's PodMonitor (see pod_prometheus.py)."""
+    binaries = ensure_binaries()
+    pod_monitor = rendered_pod_monitor(
+        binaries.helm, REPOSITORY / "charts" / "modeldeploy", "modeldeploy-system"
+    )
+    prometheus = PodPrometheus(real_cluster.node, pod_monitor, progress=lambda m: print(f"[prometheus] {m}"))
+    prometheus.start()
+    yield prometheus
+    prometheus.stop()

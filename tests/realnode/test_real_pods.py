@@ -9,17 +9,16 @@ import json
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import skops.io
 from conftest import RealCluster
+from conftest import restricted_namespace as _restricted_namespace
 
 from modeldeploy_localcluster.iris_models import IRIS_ROWS, v2_inference_payloads
-from operator_harness import OperatorProcess, install_crd_and_rbac, service_account_kubeconfig
+from operator_harness import OperatorProcess
 
 pytestmark = pytest.mark.realnode
 
@@ -42,36 +41,6 @@ for payload in payloads:
         sys.exit(f"no answer from {url}")
 print(json.dumps(answers))
 """
-
-
-@pytest.fixture(scope="module")
-def local_operator(
-    real_cluster: RealCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    cluster = real_cluster.cluster
-    install_crd_and_rbac(cluster)
-    workdir = tmp_path_factory.mktemp("operator")
-    process = OperatorProcess(
-        service_account_kubeconfig(cluster, workdir / "kubeconfig"),
-        workdir / "operator.log",
-        extra_env={"MODELDEPLOY_OPERATOR_SERVER_IMAGE": real_cluster.images["server"].name},
-    )
-    process.start()
-    yield process
-    process.stop()
-    assert "Traceback" not in process.log_text(), process.log_text()[-5000:]
-
-
-def _restricted_namespace(real_cluster: RealCluster) -> str:
-    name = f"rp-{uuid.uuid4().hex[:6]}"
-    cluster = real_cluster.cluster
-    cluster.kubectl("create", "namespace", name)
-    cluster.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
-    deadline = time.monotonic() + 60
-    while not cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).startswith("NAME"):
-        assert time.monotonic() < deadline, f"no default service account in {name}"
-        time.sleep(0.3)
-    return name
 
 
 def _model_deployment(uri: str, replicas: int) -> dict[str, Any]:
