@@ -1,8 +1,9 @@
 """Who wrote what, and when, as kube-apiserver's audit log tells it: the honest record of a test in
 which several operator replicas compete for one Lease.
 
-The operator's own metrics and logs say what each replica meant to do; the audit log says what the
-API server accepted, in the order it received it, whatever was delayed on the way.
+The operator's own metrics and logs say what each replica meant to do; the audit log says what
+reached the API server and what it answered, in the order it received it, whatever was delayed on
+the way.
 """
 
 from __future__ import annotations
@@ -35,38 +36,43 @@ def operator_writes_policy(operator_namespace: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Write:
-    """One write the API server carried out (answered with a 2xx)."""
+    """One write request that reached the API server, and its answer's HTTP status."""
 
     user: str
     verb: str
     resource: str
     namespace: str
     name: str
+    code: int
     received: datetime
     answered: datetime
 
+    @property
+    def accepted(self) -> bool:
+        return 200 <= self.code < 300
+
     def describe(self) -> str:
-        return f"{self.verb} {self.resource} {self.namespace}/{self.name} by {self.user} at {self.received}"
+        return (
+            f"{self.verb} {self.resource} {self.namespace}/{self.name} by {self.user} at {self.received}"
+            f" (answered {self.code})"
+        )
 
 
 def _time(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
-def accepted_writes(events: Iterable[Mapping[str, Any]], users: Iterable[str]) -> list[Write]:
-    """The writes by these users that the API server carried out, in the order it received them.
-
-    A write it refused (a 409 from a resourceVersion precondition, a 403) changed nothing and is left
-    out: refusing a stale writer is exactly the server's part in keeping one leader.
-    """
+def write_requests(events: Iterable[Mapping[str, Any]], users: Iterable[str]) -> list[Write]:
+    """The write requests by these users that reached the API server, in the order it received them,
+    accepted or refused: a write the server refused (a 409 from a resourceVersion precondition) was
+    still sent by a replica that believed it might write."""
     wanted = set(users)
     writes = []
     for event in events:
         if event.get("stage") != "ResponseComplete" or event.get("verb") not in WRITE_VERBS:
             continue
         user = event.get("user", {}).get("username", "")
-        code = event.get("responseStatus", {}).get("code", 0)
-        if user not in wanted or not 200 <= code < 300:
+        if user not in wanted:
             continue
         ref = event.get("objectRef", {})
         writes.append(
@@ -76,6 +82,7 @@ def accepted_writes(events: Iterable[Mapping[str, Any]], users: Iterable[str]) -
                 resource=ref.get("resource", ""),
                 namespace=ref.get("namespace", ""),
                 name=ref.get("name", ""),
+                code=event.get("responseStatus", {}).get("code", 0),
                 received=_time(event["requestReceivedTimestamp"]),
                 answered=_time(event["stageTimestamp"]),
             )
@@ -90,17 +97,21 @@ def is_lease_write(write: Write, lease_namespace: str, lease_name: str) -> bool:
 def overlapping_leaders(writes: list[Write], lease_namespace: str, lease_name: str) -> list[str]:
     """Every write that breaks "one writer at a time", described; empty when there is none.
 
-    The writes split into turns of one writer each. A turn may begin only with the new writer's write
-    of the Lease (it took the Lease over), and only once every write of the turn before was answered:
-    a write of the previous writer received after the turn changed, or still being carried out when it
-    did, is two leaders writing.
+    The writes split into turns of one writer each. A turn begins only with the new writer's accepted
+    write of the Lease (it took the Lease over), and only once every write of the turn before was
+    answered. During a turn, any other replica's write is two leaders writing, even one the server
+    refused: only a precondition stopped it, and a write without one (an apply, an Event) would have
+    gone through. Refused Lease writes are candidates losing the race for the Lease, as they should.
     """
     problems = []
     writer: str | None = None
     last_answered: datetime | None = None
     for write in writes:
+        lease = is_lease_write(write, lease_namespace, lease_name)
+        if lease and not write.accepted:
+            continue
         if write.user != writer:
-            if writer is not None and not is_lease_write(write, lease_namespace, lease_name):
+            if writer is not None and not lease:
                 problems.append(f"{write.describe()} while {writer} held the Lease")
                 continue
             if last_answered is not None and last_answered > write.received:
@@ -114,9 +125,11 @@ def overlapping_leaders(writes: list[Write], lease_namespace: str, lease_name: s
 
 
 def turns(writes: list[Write]) -> list[tuple[str, int]]:
-    """Who wrote in turn, and how many writes each turn had: [(user, count), ...]."""
+    """Who wrote in turn, and how many accepted writes each turn had: [(user, count), ...]."""
     result: list[tuple[str, int]] = []
     for write in writes:
+        if not write.accepted:
+            continue
         if result and result[-1][0] == write.user:
             result[-1] = (write.user, result[-1][1] + 1)
         else:

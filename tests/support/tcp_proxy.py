@@ -49,7 +49,7 @@ class FreezableProxy:
         self._loop = asyncio.new_event_loop()
         self._flowing = asyncio.Event()
         self._connections: set[_Connection] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="tcp-proxy", daemon=True)
 
@@ -110,6 +110,17 @@ class FreezableProxy:
         self._flowing.clear()
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        this = asyncio.current_task()
+        assert this is not None
+        self._tasks.add(this)  # so `close` ends it before the loop closes
+        try:
+            await self._forward(client_reader, client_writer)
+        finally:
+            self._tasks.discard(this)
+
+    async def _forward(
+        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
         # A frozen link carries no connection attempt either.
         await self._flowing.wait()
         try:
@@ -163,5 +174,7 @@ class FreezableProxy:
         self._flowing.set()
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
+        tasks = [task for task in self._tasks if task is not asyncio.current_task()]
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
