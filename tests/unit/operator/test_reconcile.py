@@ -18,10 +18,12 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from memory_storage import NOW, MemoryStorage, model_deployment, reconciler
+from modeldeploy_operator.announce import transition_events
+from modeldeploy_operator.children import holds_fields
 from modeldeploy_operator.kube import KubernetesError, KubeStorage
 from modeldeploy_operator.metrics import OperatorMetrics
 from modeldeploy_operator.prometheus import PrometheusClient
-from modeldeploy_operator.reconcile import Reconciler, holds_fields, retry_delay, transition_events
+from modeldeploy_operator.reconcile import Reconciler, retry_delay
 from modeldeploy_operator.settings import OperatorSettings
 from modeldeploy_operator.status import merge_patch
 
