@@ -6,12 +6,17 @@ says what to apply *now* so that no request meets a model without ready pods on 
 - A canary gets traffic only as its pods become ready: a router's weight is the step's weight
   scaled by the share of the canary's pods that are ready (0 until the first one is), and with
   the `replicas` provider the stable Deployment shrinks only by the canary pods that are ready.
-- A canary that is no longer wanted (promoted, rolled back, aborted, cancelled) keeps serving
-  until the stable Deployment runs the stable model on all its pods: at a promotion the stable
-  Deployment first switches to the new model at its current size, then grows, and only then
-  does the router's weight go back to 0; after the router has held weight 0 for the data plane
-  to catch up, the canary Deployment goes. A canary kept longer than `retire_limit` after its
-  rollout ended goes anyway, so a stable Deployment that cannot grow never pins it.
+- A promoted canary keeps serving until the stable Deployment runs the new model on all its pods:
+  the stable Deployment first switches to the new model at its current size, then grows, and
+  only then does the router's weight go back to 0; after the router has held weight 0 for the
+  data plane to catch up, the canary Deployment goes.
+- A rejected canary (rolled back, aborted) gets no traffic from the moment it is rejected: a
+  router's weight is 0 at once (its Deployment goes after the settle time, so requests under
+  way finish), and with `replicas` its Deployment goes at once while stable grows back.
+- A canary ended otherwise (the spec named the stable model again, or a newer one) gets no
+  router traffic either, but with `replicas` its pods serve until stable is back at full size.
+- A canary kept longer than `retire_limit` after its rollout ended goes anyway, so a stable
+  Deployment that cannot grow never pins it.
 
 Everything here is derived from the stored children and the status, so an operator that
 crashes between two of these steps resumes at the right one.
@@ -174,6 +179,7 @@ def _retiring(
     retiring_since: datetime | None,
     route_settle: timedelta,
     retire_limit: timedelta,
+    rejected_revision: str | None,
 ) -> ChildPlan:
     stable = observed.stable
     stable_revision = model_revision(target.stable_model)
@@ -193,20 +199,26 @@ def _retiring(
     stable_full = on_model and stable is not None and stable.ready >= (wanted or 0)
     overdue = retiring_since is None or now >= retiring_since + retire_limit
     route = observed.route
+    assert observed.canary is not None  # the caller checks
+    promoted = observed.canary.revision == stable_revision
+    rejected = rejected_revision is not None and observed.canary.revision == rejected_revision
     plan = ChildPlan(
         stable_model=target.stable_model,
-        stable_replicas=stable_replicas,
+        stable_replicas=target.stable_replicas if rejected else stable_replicas,
         canary_model=None,
         canary_replicas=0,
         keep_canary=True,
-        route_weight=route.canary_weight if route is not None else 0,
+        # Only a promoted canary, serving the new stable model, keeps its share while stable switches.
+        route_weight=route.canary_weight if route is not None and promoted else 0,
         effective_weight=0.0,
     )
-    if not stable_full and not overdue:
+    if not stable_full and not overdue and not rejected:
         return plan
     plan = replace(plan, route_weight=0)
     if spec.traffic.provider == "replicas" or overdue:
-        return replace(plan, keep_canary=False)
+        # Without the canary's pods nothing justifies a stable Deployment below its target: an overdue
+        # canary goes while the stable one may still be at the size it had beside it.
+        return replace(plan, keep_canary=False, stable_replicas=target.stable_replicas)
     # The router's weight goes to 0 first; the canary goes once the data plane had time to follow.
     if route is None:
         return replace(plan, keep_canary=False)  # no router ever sent it traffic
@@ -226,12 +238,14 @@ def plan_children(
     retiring_since: datetime | None,
     route_settle: timedelta,
     retire_limit: timedelta,
+    rejected_revision: str | None = None,
 ) -> ChildPlan:
     """What to apply now on the way to `target` (`rollout.placement`), given the stored children.
 
     `retiring_since` is when the last rollout ended (a canary Deployment still there after it is
     retiring); `route_settle` is how long a router keeps weight 0 before the canary goes;
-    `retire_limit` is how long a retiring canary is kept at most.
+    `retire_limit` is how long a retiring canary is kept at most; `rejected_revision` is the model
+    the last rollout rejected (status.rejected), which gets no traffic once rejected.
     """
     if target.canary_model is not None:
         return _during_rollout(spec, target, observed)
@@ -245,7 +259,9 @@ def plan_children(
             route_weight=0,
             effective_weight=0.0,
         )
-    return _retiring(spec, target, observed, now, retiring_since, route_settle, retire_limit)
+    return _retiring(
+        spec, target, observed, now, retiring_since, route_settle, retire_limit, rejected_revision
+    )
 
 
 def with_effective_weight(status: ModelDeploymentStatus, plan: ChildPlan) -> ModelDeploymentStatus:

@@ -58,6 +58,7 @@ def plan(
         retiring_since=retiring_since,
         route_settle=SETTLE,
         retire_limit=LIMIT,
+        rejected_revision=status.rejected.revision if status.rejected is not None else None,
     )
 
 
@@ -175,21 +176,40 @@ def test_a_rollback_behind_a_router_drains_the_canary_before_it_goes() -> None:
     assert not later.keep_canary
 
 
-def test_a_rollback_with_replicas_grows_the_stable_deployment_before_the_canary_goes() -> None:
+def test_a_rejected_canary_with_replicas_goes_at_once_while_stable_grows_back() -> None:
+    # A rejected model gets no traffic: its pods go even before the stable pods are back.
     spec = make_spec()
-    status = rolled_back(spec)
+    found = plan(spec, rolled_back(spec), Observed(pods(V1, 3, 3), pods(V2, 1)))
+    assert (found.stable_model, found.stable_replicas, found.keep_canary) == (V1, 4, False)
+
+
+def cancelled(spec: ModelDeploymentSpec) -> tuple[ModelDeploymentSpec, ModelDeploymentStatus]:
+    """The spec back on the stable model mid-rollout: the canary's model is not known to be bad."""
+    back = make_spec(V1, replicas=spec.replicas, traffic=spec.traffic.model_dump(by_alias=True))
+    status = step(back, running(spec), T0 + timedelta(minutes=1)).status
+    assert status.canary is None and status.rejected is None
+    return back, status
+
+
+def test_a_cancelled_canary_with_replicas_serves_until_stable_is_back_at_full_size() -> None:
+    spec, status = cancelled(make_spec())
     growing = plan(spec, status, Observed(pods(V1, 3, 3), pods(V2, 1)))
     assert (growing.stable_model, growing.stable_replicas, growing.keep_canary) == (V1, 4, True)
-    done = plan(spec, status, Observed(pods(V1, 4), pods(V2, 1)))
-    assert not done.keep_canary
+    assert not plan(spec, status, Observed(pods(V1, 4), pods(V2, 1))).keep_canary
+
+
+def test_a_cancelled_canary_behind_a_router_gets_no_traffic_at_once() -> None:
+    spec, status = cancelled(make_spec(traffic=GATEWAY))
+    found = plan(spec, status, Observed(pods(V1, 3), pods(V2, 1), RouteState(10, T0)))
+    assert (found.route_weight, found.keep_canary) == (0, True)
 
 
 def test_a_retiring_canary_goes_after_the_limit_even_if_the_stable_deployment_cannot_grow() -> None:
-    spec = make_spec()
-    status = rolled_back(spec)
+    spec, status = cancelled(make_spec())
     stuck = Observed(pods(V1, 3, 4), pods(V2, 1))
-    assert plan(spec, status, stuck, seconds=60 * 14).keep_canary
-    assert not plan(spec, status, stuck, seconds=60 * 15).keep_canary  # rolled back at 5 min, limit 10
+    assert plan(spec, status, stuck, seconds=60 * 10).keep_canary
+    overdue = plan(spec, status, stuck, seconds=60 * 11)  # cancelled at 1 min, limit 10
+    assert (overdue.keep_canary, overdue.stable_replicas) == (False, 4)
     assert not plan(spec, status, stuck, retiring_since=None).keep_canary
 
 
@@ -230,7 +250,7 @@ observations = st.builds(
 @given(
     provider=st.sampled_from(["replicas", "gateway-api", "istio"]),
     replicas=st.integers(1, 6),
-    steps=st.integers(0, 2),
+    steps=st.integers(0, 3),
     observed=observations,
     seconds=st.integers(0, 1200),
 )
@@ -239,8 +259,18 @@ def test_no_plan_sends_traffic_to_pods_that_are_not_ready_or_takes_capacity_away
 ) -> None:
     traffic = {"provider": provider} | ({"gateway": GATEWAY["gateway"]} if provider == "gateway-api" else {})
     spec = make_spec(replicas=replicas, traffic=traffic, steps=[25, 50])
-    status = promoted(spec) if steps == 2 else running(spec, steps)
+    status = promoted(spec) if steps == 2 else rolled_back(spec) if steps == 3 else running(spec, steps)
     found = plan(spec, status, observed, seconds=seconds)
+    if (
+        status.rejected is not None
+        and observed.canary
+        and observed.canary.revision == status.rejected.revision
+    ):
+        # A rejected model gets no traffic at all: no router weight, and no pods of its own with replicas.
+        assert found.route_weight == 0
+        if provider == "replicas":
+            assert not found.keep_canary
+        return
     canary_ready = (
         observed.canary.ready if observed.canary and observed.canary.revision == model_revision(V2) else 0
     )
@@ -256,10 +286,12 @@ def test_no_plan_sends_traffic_to_pods_that_are_not_ready_or_takes_capacity_away
     else:
         stable_serves = (
             observed.stable is not None
-            and observed.stable.revision == model_revision(V2)
+            and status.stable is not None
+            and observed.stable.revision == model_revision(status.stable.source())
             and observed.stable.ready >= replicas
         )
-        overdue = seconds >= 600 + 600  # promoted at 10 min (two 5-min steps), kept 10 min at most
+        finished = status.history[0].finished_at if status.history else T0
+        overdue = T0 + timedelta(seconds=seconds) >= finished + LIMIT  # kept 10 min at most
         if observed.canary is not None and not found.keep_canary:
             assert stable_serves or overdue
             if provider != "replicas" and observed.route is not None and not overdue:
