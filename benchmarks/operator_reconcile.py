@@ -41,6 +41,7 @@ RESYNC = re.compile(r"Periodic resync of (\d+) ModelDeployments")
 
 
 SERVER_IMAGE = "registry.invalid/modeldeploy-server:bench"
+CREATE_CHUNK = 200
 
 
 def model_deployment(name: str, namespace: str = "bench") -> dict[str, Any]:
@@ -88,8 +89,11 @@ class Bench:
         self.cluster.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(manifests))
 
     def create(self, manifests: list[dict[str, Any]]) -> None:
-        # One POST per object (apply would first GET each one): the same for the reference and the operator.
-        self.cluster.kubectl("create", "-f", "-", input_text=yaml.safe_dump_all(manifests))
+        # One POST per object (apply would first GET each one): the same for the reference and the
+        # operator; in chunks, so one kubectl call stays within the cluster helper's timeout.
+        for start in range(0, len(manifests), CREATE_CHUNK):
+            chunk = manifests[start : start + CREATE_CHUNK]
+            self.cluster.kubectl("create", "-f", "-", input_text=yaml.safe_dump_all(chunk))
 
     def fresh_namespace(self, namespace: str) -> None:
         self.cluster.kubectl("create", "namespace", namespace)
