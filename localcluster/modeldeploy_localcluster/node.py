@@ -51,6 +51,7 @@ CLUSTER_DOMAIN = "cluster.local"
 PAUSE_IMAGE = "localhost/pause:catatonit"
 RUNC = "/usr/sbin/runc"
 CNI_BIN_DIR = "/usr/lib/cni"
+CGROUP_MOUNT = Path("/sys/fs/cgroup")
 NODE_READY_TIMEOUT_SECONDS = 180.0
 POD_DELETE_TIMEOUT_SECONDS = 90.0
 
@@ -113,13 +114,16 @@ def cni_conflist(workdir: Path) -> dict[str, Any]:
     }
 
 
-def kubelet_config(workdir: Path) -> dict[str, Any]:
+def kubelet_config(workdir: Path, cgroup_root: str) -> dict[str, Any]:
+    """``cgroup_root`` is the node's own: two nodes on one host would otherwise share /kubepods,
+    and each kubelet removes the pod cgroups it does not know, killing the other node's pods."""
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
         # kubelet 1.36 refuses cgroup v1 (this VM's hybrid hierarchy) unless told otherwise.
         "failCgroupV1": False,
         "cgroupDriver": "cgroupfs",
+        "cgroupRoot": cgroup_root,
         "failSwapOn": False,
         "containerRuntimeEndpoint": f"unix://{workdir / 'containerd' / 'containerd.sock'}",
         "address": NODE_IP,
@@ -223,6 +227,7 @@ class RealNode:
         self.images = images
         self.binaries = binaries or ensure_node_binaries(self._progress)
         self.netns = f"modeldeploy-{uuid.uuid4().hex[:8]}"
+        self.cgroup_root = f"/{self.netns}"
         self.workdir = cluster.workdir
         self.components: list[Component] = []
         self.node_kubeconfig = self.workdir / "node" / "kubeconfig"
@@ -248,6 +253,7 @@ class RealNode:
         pause = ensure_pause_image(self._progress)
         try:
             self._create_netns()
+            self._create_cgroup_root()
             self._write_configs()
             self._launch(
                 "apiserver-forward",
@@ -328,6 +334,7 @@ class RealNode:
         for point in mounts_under(mounts, self.workdir):
             subprocess.run(["umount", "-l", point], capture_output=True, check=False)
         subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True, check=False)
+        self._remove_cgroup_root()
         self.timings["node down"] = time.monotonic() - started
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -350,6 +357,28 @@ class RealNode:
         ):
             _run(["ip", "netns", "exec", self.netns, *command], "routing the Service range")
 
+    def _cgroup_root_dirs(self) -> list[Path]:
+        """The node's cgroup root in every cgroup v1 hierarchy (and the unified one) of this host."""
+        hierarchies = [path for path in CGROUP_MOUNT.iterdir() if path.is_dir() and not path.is_symlink()]
+        return [path / self.cgroup_root.lstrip("/") for path in hierarchies]
+
+    def _create_cgroup_root(self) -> None:
+        # The kubelet refuses a cgroupRoot that does not exist; it makes kubepods inside.
+        for directory in self._cgroup_root_dirs():
+            directory.mkdir(exist_ok=True)
+
+    def _remove_cgroup_root(self) -> None:
+        """Removes the node's cgroups, deepest first (rmdir works once no process is left in one)."""
+        for root in self._cgroup_root_dirs():
+            if root.is_dir():
+                for directory in sorted(
+                    (d for d in root.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)
+                ):
+                    with contextlib.suppress(OSError):
+                        directory.rmdir()
+                with contextlib.suppress(OSError):
+                    root.rmdir()
+
     def _write_configs(self) -> None:
         node = self.workdir / "node"
         (node / "pod-logs").mkdir(parents=True, exist_ok=True)
@@ -359,7 +388,7 @@ class RealNode:
         (self.workdir / "cni" / "net.d" / "10-modeldeploy.conflist").write_text(
             json.dumps(cni_conflist(self.workdir), indent=2)
         )
-        (node / "kubelet.yaml").write_text(yaml.safe_dump(kubelet_config(self.workdir)))
+        (node / "kubelet.yaml").write_text(yaml.safe_dump(kubelet_config(self.workdir, self.cgroup_root)))
         # Names outside the cluster domain do not resolve: tests reach nothing outside.
         (node / "resolv.conf").write_text(f"nameserver {NODE_IP}\n")
         kubeconfig = yaml.safe_load(self.cluster.kubeconfig.read_text())

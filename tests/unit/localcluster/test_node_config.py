@@ -42,8 +42,14 @@ def test_containerd_config_carries_the_settings_this_vm_needs(tmp_path: Path) ->
 
 
 def test_kubelet_accepts_cgroup_v1_and_uses_the_node_dns(tmp_path: Path) -> None:
-    config = node.kubelet_config(tmp_path)
+    config = node.kubelet_config(tmp_path, "/modeldeploy-abc")
     assert config["failCgroupV1"] is False
     assert config["cgroupDriver"] == "cgroupfs"
     assert config["clusterDNS"] == [node.NODE_IP]
     assert config["podLogsDir"].startswith(str(tmp_path))
+
+
+def test_each_node_has_a_cgroup_root_of_its_own(tmp_path: Path) -> None:
+    # Two kubelets sharing /kubepods remove each other's pod cgroups (measured: the other node's
+    # sandboxes died with "cgroup deleted" and "lstat /proc/PID/ns/ipc").
+    assert node.kubelet_config(tmp_path, "/modeldeploy-abc")["cgroupRoot"] == "/modeldeploy-abc"
