@@ -141,6 +141,19 @@ def _ready_of(pods: VariantPods | None, model: ModelSource) -> int:
     return pods.ready
 
 
+def _without_canary(target: Placement) -> ChildPlan:
+    """The target outside of a rollout, as it is: the stable model alone, no canary, no weight."""
+    return ChildPlan(
+        stable_model=target.stable_model,
+        stable_replicas=target.stable_replicas,
+        canary_model=None,
+        canary_replicas=0,
+        keep_canary=False,
+        route_weight=0,
+        effective_weight=0.0,
+    )
+
+
 def _during_rollout(spec: ModelDeploymentSpec, target: Placement, observed: Observed) -> ChildPlan:
     assert target.canary_model is not None  # the caller checks
     ready = min(_ready_of(observed.canary, target.canary_model), target.canary_replicas)
@@ -202,15 +215,12 @@ def _retiring(
     assert observed.canary is not None  # the caller checks
     promoted = observed.canary.revision == stable_revision
     rejected = rejected_revision is not None and observed.canary.revision == rejected_revision
-    plan = ChildPlan(
-        stable_model=target.stable_model,
+    plan = replace(
+        _without_canary(target),
         stable_replicas=target.stable_replicas if rejected else stable_replicas,
-        canary_model=None,
-        canary_replicas=0,
         keep_canary=True,
         # Only a promoted canary, serving the new stable model, keeps its share while stable switches.
         route_weight=route.canary_weight if route is not None and promoted else 0,
-        effective_weight=0.0,
     )
     if not stable_full and not overdue and not rejected:
         return plan
@@ -250,15 +260,7 @@ def plan_children(
     if target.canary_model is not None:
         return _during_rollout(spec, target, observed)
     if observed.canary is None:
-        return ChildPlan(
-            stable_model=target.stable_model,
-            stable_replicas=target.stable_replicas,
-            canary_model=None,
-            canary_replicas=0,
-            keep_canary=False,
-            route_weight=0,
-            effective_weight=0.0,
-        )
+        return _without_canary(target)
     return _retiring(
         spec, target, observed, now, retiring_since, route_settle, retire_limit, rejected_revision
     )

@@ -303,21 +303,14 @@ def test_retries_back_off_from_a_second_to_five_minutes() -> None:
     assert retry_delay(10) == retry_delay(10_000) == 300.0
 
 
-class EventsRefused(MemoryStorage):
-    async def post_event(
-        self,
-        involved: Mapping[str, Any],
-        type_: str,
-        reason: str,
-        message: str,
-        component: str,
-        name: str | None = None,
-    ) -> bool:
+def refuse_events(operation: str, phase: str) -> None:
+    if operation == "post_event":
         raise KubernetesError("create Event: forbidden", status=403)
 
 
 def test_an_event_that_cannot_be_posted_is_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:
-    storage = EventsRefused()
+    storage = MemoryStorage()
+    storage.interpose = refuse_events
     model_deployment(storage, SPEC)
     registry = CollectorRegistry()
     typed: KubeStorage = storage  # type: ignore[assignment]
@@ -463,30 +456,21 @@ class Crash(BaseException):
     """The operator process dies here (not an error a reconcile could catch and report)."""
 
 
-class CrashAtFirstEventPost(MemoryStorage):
-    def __init__(self) -> None:
-        super().__init__()
-        self.crashes = 1
+def crash_at_first_event_post(storage: MemoryStorage) -> None:
+    crashes = [Crash()]
 
-    async def post_event(
-        self,
-        involved: Mapping[str, Any],
-        type_: str,
-        reason: str,
-        message: str,
-        component: str,
-        name: str | None = None,
-    ) -> bool:
-        if self.crashes:
-            self.crashes -= 1
-            raise Crash
-        return await super().post_event(involved, type_, reason, message, component, name)
+    def interpose(operation: str, phase: str) -> None:
+        if operation == "post_event" and crashes:
+            raise crashes.pop()
+
+    storage.interpose = interpose
 
 
 def test_a_transition_is_announced_once_even_when_the_operator_dies_between_status_and_event() -> None:
     # Before: the Event was posted after the status write from memory only, so a crash in between
     # lost it (an e2e run under load saw one StepAdvanced instead of two).
-    storage = CrashAtFirstEventPost()
+    storage = MemoryStorage()
+    crash_at_first_event_post(storage)
     model_deployment(storage, SPEC)
     with pytest.raises(Crash):
         run(reconciler(storage).reconcile_key("iris", "ml"))
