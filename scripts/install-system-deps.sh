@@ -2,7 +2,7 @@
 # Installs the Debian packages the tests need, only those missing (apt-get update runs once, if needed).
 set -euo pipefail
 
-packages=(make prometheus lua5.4 lua-cjson)
+packages=(make prometheus lua5.4 lua-cjson wrk)
 
 bash "$(dirname "$0")/install-debian-packages.sh" "${packages[@]}"
 command -v go >/dev/null || { echo "Go is required (the control plane is built from Go modules)" >&2; exit 1; }

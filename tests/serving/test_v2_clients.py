@@ -1,6 +1,7 @@
 """Third-party V2 clients against the server: the protocol's own generated OpenAPI client and
 Triton's HTTP client, which speak the Open Inference Protocol independently of this code."""
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,3 +75,61 @@ def test_tritons_http_client(iris_skops_dir: Path) -> None:
         assert result.as_numpy("predict").tolist() == [0, 2]
     finally:
         server.stop()
+
+
+def test_tritons_http_client_gets_binary_outputs(iris_skops_dir: Path) -> None:
+    """Binary outputs as Triton's client asks for them: per output (its default, binary_data
+    true) and for all outputs when it names none (binary_data_output); a 32-row batch goes
+    binary both ways, and JSON outputs can still be mixed in."""
+    import tritonclient.http as triton
+
+    batch = np.tile(np.array(SETOSA_AND_VIRGINICA), (16, 1))
+    expected = [0, 2] * 16
+    server = RunningServer(iris_skops_dir)
+    try:
+        server.wait_ready()
+        client = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+        features = triton.InferInput("input-0", list(batch.shape), "FP64")
+        features.set_data_from_numpy(batch)
+        result = client.infer("iris", [features])
+        outputs = {output["name"]: output for output in result.get_response()["outputs"]}
+        assert set(outputs) == {"predict", "predict_proba"}
+        assert all("data" not in output for output in outputs.values())
+        assert outputs["predict"]["parameters"] == {"binary_data_size": 32 * 8}
+        assert result.as_numpy("predict").tolist() == expected
+        probabilities = result.as_numpy("predict_proba")
+        assert probabilities.shape == (32, 3) and np.allclose(probabilities.sum(axis=1), 1.0)
+        mixed: list[Any] = [
+            triton.InferRequestedOutput("predict", binary_data=True),
+            triton.InferRequestedOutput("predict_proba", binary_data=False),
+        ]
+        result = client.infer("iris", [features], outputs=mixed)
+        answered = {output["name"]: output for output in result.get_response()["outputs"]}
+        assert "data" not in answered["predict"] and len(answered["predict_proba"]["data"]) == 96
+        assert result.as_numpy("predict").tolist() == expected
+        assert np.allclose(result.as_numpy("predict_proba"), probabilities)
+    finally:
+        server.stop()
+
+
+def test_binary_outputs_over_plain_http(iris_skops_dir: Path) -> None:
+    with TestClient(create_app(make_settings(iris_skops_dir))) as client:
+        wait_until_ready(client)
+        body = {
+            "inputs": [
+                {"name": "input-0", "shape": [2, 4], "datatype": "FP64", "data": SETOSA_AND_VIRGINICA}
+            ],
+            "parameters": {"binary_data_output": True},
+            "outputs": [{"name": "predict"}, {"name": "predict_proba", "parameters": {"binary_data": False}}],
+        }
+        reply = client.post("/v2/models/iris/infer", json=body)
+        assert reply.status_code == 200
+        split = int(reply.headers["inference-header-content-length"])
+        header = json.loads(reply.content[:split])
+        assert header["outputs"][0]["parameters"] == {"binary_data_size": 16}
+        assert np.frombuffer(reply.content[split:], dtype="<i8").tolist() == [0, 2]
+        assert len(header["outputs"][1]["data"]) == 6
+        reply = client.post(
+            "/v2/models/iris/infer", json={**body, "parameters": {"binary_data_output": "yes"}}
+        )
+        assert reply.status_code == 400 and "binary_data_output" in reply.json()["error"]
