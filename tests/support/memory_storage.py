@@ -386,6 +386,9 @@ class SimulatedCluster(MemoryStorage):
         return self._settle_pod(deployment, "failed")
 
     def _settle_pod(self, deployment: str, state: Literal["ready", "failed"]) -> bool:
+        if deployment not in self.pods:
+            return False
+        self._sync(deployment)  # the controller has created the pods by the time one starts
         pod = self._starting_pod(deployment)
         if pod is None:
             return False
