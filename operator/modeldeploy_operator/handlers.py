@@ -20,7 +20,7 @@ import kopf
 from lightkube import AsyncClient, KubeConfig
 
 from modeldeploy_operator.builders import LABEL_INSTANCE
-from modeldeploy_operator.crdgen import GROUP, PLURAL, VERSION
+from modeldeploy_operator.crdgen import GROUP, KIND, PLURAL, VERSION
 from modeldeploy_operator.kinds import MODEL_DEPLOYMENT, WATCHED_KINDS, WatchedKind
 from modeldeploy_operator.kube import KubernetesError, KubeStorage, resource_of_kind
 from modeldeploy_operator.prometheus import PrometheusClient
@@ -73,13 +73,22 @@ async def stop_background_work(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def model_deployment_changed(
-    name: str | None, namespace: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
+    name: str | None,
+    namespace: str | None,
+    body: kopf.Body,
+    type: str | None,  # kopf's name for the event type
+    memo: kopf.Memo,
+    **_: Any,
 ) -> None:
     # Level-triggered: any event, the start-up listing and deletions included, only names the object.
     if name and namespace:
-        # What kopf saw is what is stored as of this event: the cache keeps it unless it has newer.
+        # What kopf saw is what is stored as of this event (gone, for a deletion): the cache takes
+        # it unless it has newer.
         cache: WatchCache = memo["cache"]
-        cache.put(body)
+        if type == "DELETED":
+            cache.deleted(KIND, namespace, name)
+        else:
+            cache.put(body)
         reconciler: Reconciler = memo["reconciler"]
         reconciler.requeue(name, namespace)
 

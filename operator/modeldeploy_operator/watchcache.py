@@ -79,6 +79,9 @@ class WatchCache:
         self._synced: set[tuple[str, str]] = set()
         # Objects known to have changed since the cache saw them: read from the API until an event comes.
         self._stale: set[tuple[str, str, str]] = set()
+        # Deleted objects and the version of their deletion: a late answer to an earlier write (or a
+        # trigger's body) must not bring them back.
+        self._tombstones: dict[tuple[str, str, str], Manifest] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._all_synced = asyncio.Event()
 
@@ -126,13 +129,18 @@ class WatchCache:
         key = _key(obj)
         if key is None or not self.synced(key[0], key[1]):
             return
+        tombstone = self._tombstones.get(key)
+        if tombstone is not None and _not_older(tombstone, obj):
+            return  # deleted at or after this version
         if _not_older(obj, self._objects.get(key)):
             self._objects[key] = _copy(obj)
             self._stale.discard(key)
 
     def deleted(self, kind: str, namespace: str, name: str) -> None:
-        """Drops an object the operator deleted."""
-        self._objects.pop((kind, namespace, name), None)
+        """Drops an object that was deleted; versions up to the last one seen stay gone."""
+        gone = self._objects.pop((kind, namespace, name), None)
+        if gone is not None:
+            self._tombstones[(kind, namespace, name)] = gone
 
     def outdated(self, kind: str, namespace: str, name: str) -> None:
         """Marks an object the API server says changed since the cache saw it (a 409): `knows` is
@@ -180,6 +188,7 @@ class WatchCache:
         METRICS.watch_cache_lists.labels(kind.kind).inc()
         self._drop_scope(kind.kind, scope)
         self._stale = {key for key in self._stale if key[0] != kind.kind}
+        self._tombstones = {key: obj for key, obj in self._tombstones.items() if key[0] != kind.kind}
         for item in items:
             key = _key(item)
             if key is not None:
@@ -198,8 +207,10 @@ class WatchCache:
         self._stale.discard(key)
         if event_type == "DELETED":
             self._objects.pop(key, None)
+            self._tombstones[key] = obj
         else:
             self._objects[key] = obj
+            self._tombstones.pop(key, None)
         if self._on_change is not None:
             self._on_change(kind, obj)
 

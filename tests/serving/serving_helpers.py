@@ -51,7 +51,13 @@ SERVER = str(Path(sys.executable).parent / "modeldeploy-server")
 
 
 class RunningServer:
-    def __init__(self, model_dir: Path, memory_limit_bytes: int | None = None, **settings: str) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        memory_limit_bytes: int | None = None,
+        file_limit: int | None = None,
+        **settings: str,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environment = {
@@ -71,6 +77,8 @@ class RunningServer:
             # (or the server) instead of taking memory from everything else on the machine.
             if memory_limit_bytes is not None:
                 resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
+            if file_limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (file_limit, file_limit))
 
         self.process = subprocess.Popen(
             [SERVER, "serve"],

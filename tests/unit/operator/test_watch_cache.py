@@ -170,3 +170,24 @@ def test_nothing_is_cached_outside_the_synced_kinds() -> None:
         assert cache.list("Deployment", "ml", {}) == []
 
     asyncio.run(scenario())
+
+
+def test_a_deleted_object_does_not_come_back_with_a_late_answer() -> None:
+    # Before: a deletion's body handed to the cache (kopf's DELETED event), or an answer to a write
+    # sent before the deletion, put the object back, and the operator reconciled it for ever.
+    async def scenario() -> None:
+        client = FakeClient()
+        client.stored["Deployment"] = [deployment("iris-stable", 5)]
+        cache = await started(client)
+        await client.events.put(("DELETED", deployment("iris-stable", 9)))
+        await asyncio.sleep(0.05)
+        cache.put(deployment("iris-stable", 8))  # a status write answered before the deletion
+        assert cache.get("Deployment", "ml", "iris-stable") is None
+        cache.put(deployment("iris-stable", 12))  # created again afterwards
+        assert cache.get("Deployment", "ml", "iris-stable") is not None
+        cache.deleted("Deployment", "ml", "iris-stable")
+        cache.put(deployment("iris-stable", 12))
+        assert cache.get("Deployment", "ml", "iris-stable") is None
+        cache.stop()
+
+    asyncio.run(scenario())

@@ -1,0 +1,131 @@
+"""SIGTERM on a real server process: readiness false first, serve through the drain, exit 0."""
+
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from serving_helpers import RunningServer, v2_tensor
+
+from modeldeploy_serving.lifecycle import DrainSignal, not_ready_answer
+
+SETOSA = [5.1, 3.5, 1.4, 0.2]
+INFER_BODY = {"inputs": [v2_tensor([SETOSA])]}
+DRAIN_SECONDS = 5.0
+
+
+def test_readiness_answers_become_not_ready() -> None:
+    assert not_ready_answer("/v2/health/ready", 200, b"") == (400, b"")
+    assert not_ready_answer("/v2/models/iris/ready", 200, b"") == (400, b"")
+    status, body = not_ready_answer("/v1/models/iris", 200, b'{"name":"iris","ready":true}')
+    assert status == 200 and orjson.loads(body) == {"name": "iris", "ready": False}
+    assert not_ready_answer("/v2/models/other/ready", 404, b'{"error":"x"}') == (404, b'{"error":"x"}')
+
+
+def test_workers_see_the_supervisors_drain_marker(tmp_path: Path) -> None:
+    supervisor = DrainSignal(tmp_path / "draining")
+    worker = DrainSignal(tmp_path / "draining")
+    assert not worker.active()
+    supervisor.begin()
+    time.sleep(0.15)
+    assert worker.active()
+
+
+class Load:
+    """Clients sending 1-row inferences until stopped: some open a connection per request, some
+    keep theirs alive. Every failure (an exception or a status other than 200) is kept."""
+
+    def __init__(self, url: str, fresh_clients: int = 2, keep_alive_clients: int = 2) -> None:
+        self.url = url
+        self.failures: list[str] = []
+        self.answered_at: list[float] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._fresh) for _ in range(fresh_clients)]
+        self._threads += [threading.Thread(target=self._keep_alive) for _ in range(keep_alive_clients)]
+        for thread in self._threads:
+            thread.start()
+
+    def _record(self, send: Callable[[], httpx.Response]) -> None:
+        try:
+            answer = send()
+        except httpx.HTTPError as error:
+            self.failures.append(f"{type(error).__name__}: {error}")
+        else:
+            if answer.status_code == 200:
+                self.answered_at.append(time.monotonic())
+            else:
+                self.failures.append(f"{answer.status_code} {answer.text}")
+        time.sleep(0.005)
+
+    def _fresh(self) -> None:
+        while not self._stop.is_set():
+            self._record(lambda: httpx.post(f"{self.url}/v2/models/iris/infer", json=INFER_BODY, timeout=10))
+
+    def _keep_alive(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            while not self._stop.is_set():
+                self._record(lambda: client.post("/v2/models/iris/infer", json=INFER_BODY))
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_drains_without_a_failed_request_and_exits_0(iris_skops_dir: Path, workers: str) -> None:
+    server = RunningServer(
+        iris_skops_dir,
+        workers=workers,
+        drain_delay_seconds=str(DRAIN_SECONDS),
+        graceful_shutdown_seconds="10",
+    )
+    try:
+        server.wait_ready(120)
+        load = Load(server.url)
+        time.sleep(1.0)
+        # A request sent in full just before SIGTERM, not yet read by the server.
+        pending = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        pending.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: server\r\n\r\n")
+        server.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        ready_codes = []
+        while time.monotonic() - signalled < 1.0:
+            ready_codes.append(httpx.get(f"{server.url}/v2/health/ready", timeout=5).status_code)
+            time.sleep(0.1)
+        live = httpx.get(f"{server.url}/v2/health/live", timeout=5).status_code
+        v1_status = httpx.get(f"{server.url}/v1/models/iris", timeout=5)
+        # The load balancer stops sending new connections within the drain delay.
+        time.sleep(max(0.0, signalled + DRAIN_SECONDS - 1.5 - time.monotonic()))
+        load.stop()
+        assert time.monotonic() < signalled + DRAIN_SECONDS, "the load stopped too late to judge"
+        assert server.process.wait(30) == 0
+    finally:
+        server.stop()
+    assert pending.recv(4096).startswith(b"HTTP/1.1 200")
+    pending.close()
+    assert load.failures == []
+    assert ready_codes[-1] == 400, ready_codes
+    assert ready_codes.count(200) <= 1, ready_codes  # at most the one probe racing the signal
+    assert live == 200
+    assert v1_status.status_code == 200 and v1_status.json()["ready"] is False
+    assert v1_status.headers["connection"] == "close"
+    served_after_sigterm = [moment for moment in load.answered_at if moment > signalled + 1.0]
+    assert len(served_after_sigterm) > 20
+
+
+def test_sigterm_stops_accepting_after_the_drain_delay(iris_skops_dir: Path) -> None:
+    server = RunningServer(iris_skops_dir, drain_delay_seconds="1")
+    try:
+        server.wait_ready()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(30) == 0
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{server.url}/v2/health/live", timeout=5)
+    finally:
+        server.stop()
