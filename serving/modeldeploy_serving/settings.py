@@ -97,6 +97,23 @@ class ServerSettings(BaseSettings):
     max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     """Larger request bodies are answered with 413."""
 
+    inline_predict_max_ms: float = Field(default=2.0, ge=0, le=1000)
+    """Small predictions that take less than this (a moving average) run on the event loop,
+    without a thread hop; slower ones, and any with more than `inline_max_rows` rows, run on the
+    prediction threads. 0 sends every prediction to the threads."""
+
+    inline_max_rows: int = Field(default=64, ge=0)
+    """Requests with more rows run their prediction (and the encoding of its answer) off the
+    event loop."""
+
+    inline_body_max_bytes: int = Field(default=64 * 1024, ge=0)
+    """Request bodies larger than this are parsed and decoded off the event loop, so it keeps
+    answering health checks meanwhile."""
+
+    large_requests_at_once: int = Field(default=2, ge=1, le=64)
+    """How many large bodies (over `inline_body_max_bytes`) are decoded at the same time; the
+    others wait their turn, which bounds the memory that decoding takes."""
+
     graceful_shutdown_seconds: float = Field(default=25.0, ge=0)
     """How long in-flight requests may take to finish after SIGTERM (after the drain delay)."""
 
