@@ -235,7 +235,7 @@ class Rollout:
 
     def measure(self, name: str, canary_weight: int) -> Window:
         """Counts what the pods answer over one window; the route must not change meanwhile."""
-        route_before = self.get("httproute", "iris")["metadata"]["resourceVersion"]
+        route_before = self.get("httproute", "iris")["metadata"]["generation"]
         canary_status = self.get("md", "iris").get("status", {}).get("canary") or {}
         assert canary_status.get("effectiveWeight", 0) == canary_weight, (
             f"{name}: status.canary.effectiveWeight {canary_status.get('effectiveWeight')} "
@@ -244,7 +244,7 @@ class Rollout:
         started, before = time.time(), self.pod_counters()
         time.sleep(WINDOW_SECONDS)
         ended, after = time.time(), self.pod_counters()
-        assert self.get("httproute", "iris")["metadata"]["resourceVersion"] == route_before, (
+        assert self.get("httproute", "iris")["metadata"]["generation"] == route_before, (
             f"{name}: the HTTPRoute changed during the measuring window"
         )
         by_variant: dict[str, int] = {}
