@@ -55,6 +55,10 @@ BLOCKING_WAITING_REASONS = frozenset(
     }
 )
 
+# A server container in CrashLoopBackOff blocks the pod once it has restarted this often; the
+# fetch (init) container blocks at its first failure, which a retry does not cure.
+CRASH_LOOP_RESTARTS = 3
+
 
 @dataclass(frozen=True)
 class PodProblem:
@@ -100,7 +104,16 @@ def _container_problem(pod: str, container: Mapping[str, Any], *, is_init: bool)
     state = container.get("state", {})
     last_terminated = container.get("lastState", {}).get("terminated", {})
     waiting = state.get("waiting")
-    if waiting is not None and waiting.get("reason") in BLOCKING_WAITING_REASONS:
+    reason = (waiting or {}).get("reason")
+    if (
+        reason == "CrashLoopBackOff"
+        and not is_init
+        and int(container.get("restartCount", 0)) < CRASH_LOOP_RESTARTS
+    ):
+        # The kubelet backs off after any exit, also after a container was killed once or twice
+        # (a node's OOM kill, a restart by hand): not yet a model that cannot run.
+        return None
+    if waiting is not None and reason in BLOCKING_WAITING_REASONS:
         message = (last_terminated.get("message") or waiting.get("message") or "").strip()
         return PodProblem(pod, name, waiting["reason"], message)
     terminated = state.get("terminated")

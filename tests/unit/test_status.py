@@ -462,3 +462,26 @@ def test_summarize_pod_problems() -> None:
 def test_stable_model_in_status_rebuilds_the_model_it_serves() -> None:
     stable = status(deployment())["stable"]
     assert StableModel.model_validate(stable).source() == SPEC.model
+
+
+def test_a_server_container_that_restarted_once_or_twice_is_not_yet_a_model_that_cannot_run() -> None:
+    # On a real node a canary container killed twice went into CrashLoopBackOff (the kubelet backs
+    # off after any exit), and the rollout was rolled back as "cannot run".
+    def backing_off(restarts: int) -> dict[str, Any]:
+        return pod(
+            "p",
+            main=[
+                {
+                    "name": "server",
+                    "restartCount": restarts,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
+                    "lastState": {"terminated": {"exitCode": 137, "message": "killed"}},
+                }
+            ],
+        )
+
+    assert summarize_pod_problems([backing_off(1)]) == []
+    assert summarize_pod_problems([backing_off(2)]) == []
+    assert summarize_pod_problems([backing_off(3)]) == [
+        PodProblem("p", "server", "CrashLoopBackOff", "killed")
+    ]
