@@ -42,7 +42,7 @@ def server(iris_skops_dir: Path, request: pytest.FixtureRequest) -> Iterator[Run
     options: dict[str, Any] = getattr(request, "param", {})
     running = RunningServer(iris_skops_dir, **options)
     try:
-        running.wait_ready()
+        running.wait_ready(120)
         yield running
     finally:
         running.stop()
@@ -120,7 +120,7 @@ def test_held_sockets_cannot_exhaust_the_file_limit_and_health_keeps_answering(
     server = RunningServer(iris_skops_dir, file_limit=256)
     held: list[socket.socket] = []
     try:
-        server.wait_ready()
+        server.wait_ready(120)
         for index in range(300):
             connection = socket.create_connection(("127.0.0.1", server.port), timeout=10)
             if index % 2:

@@ -122,7 +122,7 @@ def test_sigterm_drains_without_a_failed_request_and_exits_0(iris_skops_dir: Pat
 def test_sigterm_stops_accepting_after_the_drain_delay(iris_skops_dir: Path) -> None:
     server = RunningServer(iris_skops_dir, drain_delay_seconds="1")
     try:
-        server.wait_ready()
+        server.wait_ready(120)
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(30) == 0
         with pytest.raises(httpx.ConnectError):
