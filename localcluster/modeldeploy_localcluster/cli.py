@@ -13,6 +13,7 @@ from modeldeploy_localcluster.build import (
     ensure_binaries,
     ensure_gateway_binary,
     ensure_node_binaries,
+    ensure_prometheus_binary,
 )
 from modeldeploy_localcluster.cluster import ClusterError, ClusterState, LocalCluster, stop_components
 from modeldeploy_localcluster.demo import run_demo
@@ -114,6 +115,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also Traefik, the Gateway API implementation of the real-node tests",
     )
+    build.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="also Prometheus with Kubernetes discovery, which the real-node tests run",
+    )
     commands.add_parser(
         "images", help="build (or find cached) the server and operator images with podman, offline"
     )
@@ -144,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"{name}: {path}")
             if args.gateway:
                 print(f"traefik: {ensure_gateway_binary(_say)}")
+            if args.prometheus:
+                print(f"prometheus: {ensure_prometheus_binary(_say)}")
         elif args.command == "images":
             for image in ensure_images(Path.cwd()).values():
                 print(f"{image.target}: {image.name} {image.archive}")
