@@ -60,8 +60,7 @@ def test_sigterm_lets_in_flight_requests_finish(start_server: Any, slow_model_di
     time.sleep(1.0)  # the request is being predicted: sending and decoding it takes a fraction of this
     server.process.send_signal(signal.SIGTERM)
     requester.join(60)
-    # uvicorn re-raises the SIGTERM it handled once it has shut down.
-    assert server.process.wait(30) in (0, -signal.SIGTERM)
+    assert server.process.wait(30) == 0
     assert replies and replies[0].status_code == 200
     assert len(replies[0].json()["outputs"][0]["data"]) == 30000
 
