@@ -113,7 +113,7 @@ def main() -> None:
             ready = [seconds for seconds, _ in results]
             load = results[-1][1]
             print(
-                f"| {label} | {size / 1e6:.1f} MB | {statistics.median(ready):.2f} s "
+                f"| {label} | {size / 1e6:.3g} MB | {statistics.median(ready):.2f} s "
                 f"({min(ready):.2f}-{max(ready):.2f}) | {f'{load:.2f} s' if load is not None else '?'} |"
             )
 
