@@ -21,6 +21,7 @@ import argparse
 import json
 import re
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -118,8 +119,14 @@ class Bench:
             if time.monotonic() - started > 1800:
                 raise RuntimeError(f"only {available} of {count} reference Deployments became available")
             time.sleep(1)
+        print(f"reference: {count} servers available in {elapsed:.1f} s", file=sys.stderr, flush=True)
         # Out of the way before the operator's turn: the node and the controllers carry only one load.
-        self.cluster.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=600s")
+        self.cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+        deadline = time.monotonic() + 1800
+        while self.cluster.kubectl("get", "namespace", namespace, "--ignore-not-found", "-o", "name").strip():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"namespace {namespace} was not deleted within 30 minutes")
+            time.sleep(2)
         return elapsed
 
     def model_deployments(self, namespace: str = "bench") -> list[dict[str, Any]]:
@@ -176,7 +183,9 @@ class Bench:
                 )
             )
             if ready == count:
-                return time.monotonic() - started
+                elapsed = time.monotonic() - started
+                print(f"operator: {count} Ready in {elapsed:.1f} s", file=sys.stderr, flush=True)
+                return elapsed
             if time.monotonic() - started > 1800:
                 raise RuntimeError(f"only {ready} of {count} became Ready")
             time.sleep(1)
