@@ -333,7 +333,6 @@ class Reconciler:
             await asyncio.gather(*(self._children.apply(child, stored.by_key) for child in wanted))
         )
         kept = [stored.deployments["canary"]] if plan is not None and plan.keep_canary else []
-        await self._children.delete_unwanted(owner, [*applied, *kept])
         stable_name = deployment_name(owner.name, "stable")
         stable = next(
             c for c in applied if c["kind"] == "Deployment" and c["metadata"]["name"] == stable_name
@@ -356,12 +355,17 @@ class Reconciler:
             wake_up.append(ROLLOUT_TICK_SECONDS)  # the retire limit passes on the clock, not on an event
         if wake_up:
             self.requeue(owner.name, owner.namespace, min(wake_up))
-        return await self._write_status(
+        outcome = await self._write_status(
             body,
             status,
             now,
             [*leftover, *(Event(event.type, event.reason, event.message) for event in decision.events)],
         )
+        # Deleting comes only after the decision is stored: a rollback's verdict that failed to be
+        # written (a 409) must not lose the canary it was judged on, or the next attempt, reading the
+        # status as it was, would see no canary pods and start them again.
+        await self._children.delete_unwanted(owner, [*applied, *kept])
+        return outcome
 
     def _plan(
         self,

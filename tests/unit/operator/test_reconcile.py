@@ -502,3 +502,52 @@ def test_an_event_posted_twice_under_its_name_is_stored_once() -> None:
 
     assert len(storage.events) == 1
     assert "pendingEvents" not in storage.objects[("ModelDeployment", "ml", "iris")]["status"]
+
+
+def test_a_rollback_whose_status_write_conflicts_is_not_lost_with_its_canary() -> None:
+    # Found by the adversarial harness: the first attempt decided to roll back (canary pods that
+    # cannot run) and deleted the canary before its status write got a 409; the second attempt,
+    # reading the status as it was, saw no canary pods and created the rejected canary again.
+    storage = MemoryStorage()
+    service = reconciler(storage)
+    model_deployment(storage, {**SPEC, "rollout": {"steps": [50]}})
+    reconcile_stored(service)
+    reconcile_stored(service)
+    storage.edit_model_deployment(model=V2_MODEL)
+    reconcile_stored(service)
+    assert ("Deployment", "ml", "iris-canary") in storage.objects
+    storage.objects[("Pod", "ml", "iris-canary-1")] = {
+        "kind": "Pod",
+        "metadata": {
+            "name": "iris-canary-1",
+            "namespace": "ml",
+            "labels": {
+                "app.kubernetes.io/name": "modeldeploy-server",
+                "app.kubernetes.io/instance": "iris",
+                "app.kubernetes.io/managed-by": "modeldeploy",
+                "modeldeploy.io/variant": "canary",
+            },
+        },
+        "status": {
+            "initContainerStatuses": [
+                {
+                    "name": "fetch-model",
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 1, "message": "404 Not Found"}},
+                }
+            ]
+        },
+    }
+    conflicts = [KubernetesError("patch status: the object has been modified", status=409)]
+
+    def conflict_once(operation: str, phase: str) -> None:
+        if operation == "patch_status" and phase == "before" and conflicts:
+            raise conflicts.pop()
+
+    storage.interpose = conflict_once
+    reconcile_stored(service)
+
+    status = storage.objects[("ModelDeployment", "ml", "iris")]["status"]
+    assert status["rejected"]["reason"] == "CanaryPodsFailing"
+    assert "canary" not in status
+    assert ("Deployment", "ml", "iris-canary") not in storage.objects
