@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import pytest
 from conftest import REPOSITORY, RealCluster
@@ -43,7 +44,8 @@ def _helm(real_cluster: RealCluster, *args: str) -> str:
 
 
 @pytest.mark.xfail(
-    reason="failed in the final CI run of stop 18 after the watch cache and the server's drain landed; not diagnosed yet (issue 10's note)",
+    reason="failed in the final CI run of stop 18 on a Lease without a holder right after helm --wait;"
+    " now polled for, but not yet seen passing (issue 10's note)",
     strict=False,
 )
 def test_chart_runs_the_operator_in_the_cluster(real_cluster: RealCluster, model_http_server: str) -> None:
@@ -63,8 +65,17 @@ def test_chart_runs_the_operator_in_the_cluster(real_cluster: RealCluster, model
         pods = json.loads(cluster.kubectl("get", "pods", "-n", operator_namespace, "-o", "json"))["items"]
         names = {pod["metadata"]["name"] for pod in pods}
         assert pods and all(pod["spec"]["serviceAccountName"].startswith(RELEASE) for pod in pods)
-        leases = json.loads(cluster.kubectl("get", "leases", "-n", operator_namespace, "-o", "json"))["items"]
-        holders = {lease["spec"].get("holderIdentity", "") for lease in leases}
+        # helm --wait returns once the pods are Ready, and a standby is Ready before it holds the
+        # Lease: under load (CI at stop 18) the Lease had no holder yet when it was first read.
+        deadline = time.monotonic() + 120
+        while True:
+            leases = json.loads(cluster.kubectl("get", "leases", "-n", operator_namespace, "-o", "json"))[
+                "items"
+            ]
+            holders = {lease["spec"].get("holderIdentity", "") for lease in leases}
+            if any(name in holder for holder in holders for name in names) or time.monotonic() > deadline:
+                break
+            time.sleep(2)
         assert any(name in holder for holder in holders for name in names), (holders, names)
 
         namespace = _restricted_namespace(real_cluster)
