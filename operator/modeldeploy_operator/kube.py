@@ -35,7 +35,7 @@ Manifest = dict[str, Any]
 
 def resource_of_kind(kind: WatchedKind) -> Any:
     """lightkube's resource class for a watched kind."""
-    return resource_registry.load(kind.api_version, kind.kind)
+    return _resource_of(kind.api_version, kind.kind)
 
 
 class WriteFence:

@@ -21,6 +21,7 @@ from typing import Any
 import httpx2  # lightkube's HTTP client
 from lightkube import ApiError, AsyncClient
 
+from modeldeploy_operator.builders import LABEL_INSTANCE
 from modeldeploy_operator.kinds import MANAGED_CHILDREN, MODEL_DEPLOYMENT, WatchedKind
 from modeldeploy_operator.metrics import METRICS
 
@@ -75,6 +76,9 @@ class WatchCache:
         self._on_change: OnChange | None = None
         # (kind, namespace, name) -> object
         self._objects: dict[tuple[str, str, str], Manifest] = {}
+        # (kind, namespace, instance label) -> names: the reconcile lists one ModelDeployment's
+        # children, and scanning every cached object for each list made it grow with the total.
+        self._by_instance: dict[tuple[str, str, str], set[str]] = {}
         # (kind, namespace or "") that are listed and watched; a missing CRD counts as an empty kind.
         self._synced: set[tuple[str, str]] = set()
         # Objects known to have changed since the cache saw them: read from the API until an event comes.
@@ -118,11 +122,33 @@ class WatchCache:
         return None if found is None else _copy(found)
 
     def list(self, kind: str, namespace: str, labels: Mapping[str, str]) -> list[Manifest]:
-        return [
-            _copy(obj)
-            for (cached_kind, cached_namespace, _), obj in self._objects.items()
-            if cached_kind == kind and cached_namespace == namespace and _labels_match(obj, labels)
-        ]
+        instance = labels.get(LABEL_INSTANCE)
+        if instance is not None:
+            names = sorted(self._by_instance.get((kind, namespace, instance), ()))
+            candidates = [self._objects[(kind, namespace, name)] for name in names]
+        else:
+            candidates = [obj for (k, ns, _), obj in self._objects.items() if k == kind and ns == namespace]
+        return [_copy(obj) for obj in candidates if _labels_match(obj, labels)]
+
+    def _store(self, key: tuple[str, str, str], obj: Manifest) -> None:
+        self._drop(key)
+        self._objects[key] = obj
+        instance = (obj.get("metadata", {}).get("labels") or {}).get(LABEL_INSTANCE)
+        if instance is not None:
+            self._by_instance.setdefault((key[0], key[1], str(instance)), set()).add(key[2])
+
+    def _drop(self, key: tuple[str, str, str]) -> Manifest | None:
+        gone = self._objects.pop(key, None)
+        instance = (
+            None if gone is None else (gone.get("metadata", {}).get("labels") or {}).get(LABEL_INSTANCE)
+        )
+        if instance is not None:
+            names = self._by_instance.get((key[0], key[1], str(instance)))
+            if names is not None:
+                names.discard(key[2])
+                if not names:
+                    del self._by_instance[(key[0], key[1], str(instance))]
+        return gone
 
     def put(self, obj: Mapping[str, Any]) -> None:
         """Records an object the operator wrote (or read fresh), unless the cache holds a newer one."""
@@ -133,12 +159,12 @@ class WatchCache:
         if tombstone is not None and _not_older(tombstone, obj):
             return  # deleted at or after this version
         if _not_older(obj, self._objects.get(key)):
-            self._objects[key] = _copy(obj)
+            self._store(key, _copy(obj))
             self._stale.discard(key)
 
     def deleted(self, kind: str, namespace: str, name: str) -> None:
         """Drops an object that was deleted; versions up to the last one seen stay gone."""
-        gone = self._objects.pop((kind, namespace, name), None)
+        gone = self._drop((kind, namespace, name))
         if gone is not None:
             self._tombstones[(kind, namespace, name)] = gone
 
@@ -192,7 +218,7 @@ class WatchCache:
         for item in items:
             key = _key(item)
             if key is not None:
-                self._objects[key] = item
+                self._store(key, item)
                 if self._on_change is not None:
                     self._on_change(kind, item)
         return str(listing.resourceVersion)
@@ -206,17 +232,17 @@ class WatchCache:
             return  # the operator's own later write is there already
         self._stale.discard(key)
         if event_type == "DELETED":
-            self._objects.pop(key, None)
+            self._drop(key)
             self._tombstones[key] = obj
         else:
-            self._objects[key] = obj
+            self._store(key, obj)
             self._tombstones.pop(key, None)
         if self._on_change is not None:
             self._on_change(kind, obj)
 
     def _drop_scope(self, kind: str, scope: str | None) -> None:
         for key in [k for k in self._objects if k[0] == kind and (scope is None or k[1] == scope)]:
-            del self._objects[key]
+            self._drop(key)
 
     async def _back_off(self, kind: WatchedKind, scope: str | None, failures: int, error: Exception) -> None:
         delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** min(failures - 1, 10))

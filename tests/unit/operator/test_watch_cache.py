@@ -191,3 +191,31 @@ def test_a_deleted_object_does_not_come_back_with_a_late_answer() -> None:
         cache.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_list_by_owner_reads_only_that_owners_children() -> None:
+    async def scenario() -> None:
+        client = FakeClient()
+        cache = await started(client)
+        for owner in ("iris", "wine"):
+            for variant in ("stable", "canary"):
+                obj = deployment(f"{owner}-{variant}", 5)
+                obj["metadata"]["labels"] = {
+                    "app.kubernetes.io/instance": owner,
+                    "modeldeploy.io/variant": variant,
+                }
+                cache.put(obj)
+        owned = cache.list("Deployment", "ml", {"app.kubernetes.io/instance": "iris"})
+        assert [d["metadata"]["name"] for d in owned] == ["iris-canary", "iris-stable"]
+        canary = cache.list(
+            "Deployment", "ml", {"app.kubernetes.io/instance": "iris", "modeldeploy.io/variant": "canary"}
+        )
+        assert [d["metadata"]["name"] for d in canary] == ["iris-canary"]
+        cache.deleted("Deployment", "ml", "iris-canary")
+        assert [
+            d["metadata"]["name"]
+            for d in cache.list("Deployment", "ml", {"app.kubernetes.io/instance": "iris"})
+        ] == ["iris-stable"]
+        cache.stop()
+
+    asyncio.run(scenario())
