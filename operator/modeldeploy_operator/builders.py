@@ -73,15 +73,22 @@ MODEL_SOURCE_DIR = "/mnt/model-source"
 # The server image's unprivileged user; a numeric id lets the kubelet enforce runAsNonRoot.
 SERVER_USER_ID = 65532
 # How long a terminating server pod keeps serving before it is sent SIGTERM: kube-proxy and
-# Gateways keep routing to it until they have seen its EndpointSlice change (Traefik sent
-# requests to a stopped pod for 1.3-2.0 s on the real node). The delay lives in the preStop
-# sleep alone: the server's own drain delay is set to 0, so it is not paid twice.
+# Gateways keep routing new connections to it until they have seen its EndpointSlice change
+# (Traefik sent requests to a stopped pod for 1.3-2.0 s on the real node).
 PRE_STOP_SLEEP_SECONDS = 5
-# How long in-flight requests may take to finish once the server has its SIGTERM.
+# After SIGTERM, the server's drain delay: it keeps serving, and every response says
+# `Connection: close`. Keep-alive connections opened before the endpoint went are still routed
+# here; without this window the server closed them while idle, and a client sending its next
+# request at that moment got a broken pipe (one in about 2,300 requests on the real node). A
+# client that sends anything within the window is told to leave instead.
+SERVER_KEEP_ALIVE_FAREWELL_SECONDS = 2
+# How long in-flight requests may take to finish once the farewell window has passed.
 SERVER_GRACEFUL_SHUTDOWN_SECONDS = 25
-# The kubelet counts the preStop hook in the grace period: it covers the sleep, the in-flight
-# requests and a margin for the process to exit, before SIGKILL.
-TERMINATION_GRACE_SECONDS = PRE_STOP_SLEEP_SECONDS + SERVER_GRACEFUL_SHUTDOWN_SECONDS + 5
+# The kubelet counts the preStop hook in the grace period: it covers the sleep, the farewell,
+# the in-flight requests and a margin for the process to exit, before SIGKILL.
+TERMINATION_GRACE_SECONDS = (
+    PRE_STOP_SLEEP_SECONDS + SERVER_KEEP_ALIVE_FAREWELL_SECONDS + SERVER_GRACEFUL_SHUTDOWN_SECONDS + 5
+)
 # Fetching streams the artifact to disk: it needs little, and the server's GPU or memory
 # requests would only make the pod harder to schedule.
 FETCH_CPU_REQUEST = "100m"
@@ -181,7 +188,7 @@ def _server_env(
         "BATCH_MAX_SIZE": str(batching.max_size),
         "BATCH_WINDOW_MS": str(batching.window_ms),
         "ALLOW_PICKLE": str(settings.allow_pickle).lower(),
-        "DRAIN_DELAY_SECONDS": "0",
+        "DRAIN_DELAY_SECONDS": str(SERVER_KEEP_ALIVE_FAREWELL_SECONDS),
         "GRACEFUL_SHUTDOWN_SECONDS": str(SERVER_GRACEFUL_SHUTDOWN_SECONDS),
     }
     # The server rejects an empty digest, so the variable is set only with a pin.

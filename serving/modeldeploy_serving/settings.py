@@ -120,7 +120,8 @@ class ServerSettings(BaseSettings):
     drain_delay_seconds: float = Field(default=5.0, ge=0, le=600)
     """After SIGTERM, how long the server reports not-ready but keeps accepting and serving, while
     load balancers stop sending it traffic; every response meanwhile closes its connection. The
-    operator's pods set 0 and sleep in a preStop hook instead, so the delay is not paid twice."""
+    operator's pods sleep in a preStop hook while their endpoint goes, then set 2 s: long enough
+    for keep-alive clients still routed here to be told to leave."""
 
     idle_connection_timeout_seconds: float = Field(default=120.0, gt=0)
     """A connection that sends nothing for this long (after it opens or after a response) is

@@ -1,5 +1,6 @@
 """SIGTERM on a real server process: readiness false first, serve through the drain, exit 0."""
 
+import http.client
 import signal
 import socket
 import threading
@@ -12,6 +13,7 @@ import orjson
 import pytest
 from serving_helpers import RunningServer, v2_tensor
 
+from modeldeploy_operator.builders import SERVER_KEEP_ALIVE_FAREWELL_SECONDS
 from modeldeploy_serving.lifecycle import DrainSignal, not_ready_answer
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
@@ -129,3 +131,75 @@ def test_sigterm_stops_accepting_after_the_drain_delay(iris_skops_dir: Path) -> 
             httpx.get(f"{server.url}/v2/health/live", timeout=5)
     finally:
         server.stop()
+
+
+class PausingKeepAliveClient:
+    """A keep-alive client that, like many pooled clients, reuses its connection without first
+    checking whether the server closed it, pausing between requests as a light client does
+    (http.client: httpx would notice a closed idle connection and reconnect). It stops once the
+    server refuses new connections, and keeps every failure on a connection it was reusing."""
+
+    PAUSE_SECONDS = 0.08
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.failures_on_reused_connections: list[str] = []
+        self.told_to_close = 0
+        self._thread = threading.Thread(target=self._run)
+        self._thread.start()
+
+    def _run(self) -> None:
+        body = orjson.dumps(INFER_BODY)
+        deadline = time.monotonic() + 60
+        connection: http.client.HTTPConnection | None = None
+        served = 0
+        while time.monotonic() < deadline:
+            if connection is None:
+                connection, served = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10), 0
+            try:
+                connection.request(
+                    "POST", "/v2/models/iris/infer", body, {"Content-Type": "application/json"}
+                )
+                reply = connection.getresponse()
+                reply.read()
+                served += 1
+                if reply.getheader("connection", "").lower() == "close":
+                    self.told_to_close += 1
+                    connection = None
+            except ConnectionRefusedError:
+                return  # the server has stopped accepting: in a cluster, other pods answer
+            except (OSError, http.client.HTTPException) as error:
+                if served:
+                    self.failures_on_reused_connections.append(f"after {served}: {error!r}")
+                connection.close()
+                connection = None
+            time.sleep(self.PAUSE_SECONDS)
+
+    def join(self) -> None:
+        self._thread.join(90)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_with_the_pods_drain_a_pausing_keep_alive_client_is_told_to_leave(
+    iris_skops_dir: Path, workers: str
+) -> None:
+    # The operator's pods sleep in preStop, then give the server this drain delay. With 0 the
+    # server closed idle keep-alive connections at SIGTERM, and such a client's next request
+    # failed on its reused connection (seen on real pods, and here with the delay set to 0).
+    server = RunningServer(
+        iris_skops_dir,
+        workers=workers,
+        drain_delay_seconds=str(SERVER_KEEP_ALIVE_FAREWELL_SECONDS),
+    )
+    try:
+        server.wait_ready(120)
+        clients = [PausingKeepAliveClient(server.port) for _ in range(3)]
+        time.sleep(1.0)
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(60) == 0
+        for client in clients:
+            client.join()
+    finally:
+        server.stop()
+    assert [client.failures_on_reused_connections for client in clients] == [[], [], []]
+    assert all(client.told_to_close for client in clients)
