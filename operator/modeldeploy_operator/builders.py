@@ -82,6 +82,10 @@ PRE_STOP_SLEEP_SECONDS = 5
 # request at that moment got a broken pipe (one in about 2,300 requests on the real node). A
 # client that sends anything within the window is told to leave instead.
 SERVER_KEEP_ALIVE_FAREWELL_SECONDS = 2
+# A server process may take this long (period × failures: 3 min) to start listening before the
+# kubelet restarts it; the model itself loads after that, reported by readiness, not liveness.
+STARTUP_PROBE_PERIOD_SECONDS = 2
+STARTUP_PROBE_FAILURES = 90
 # How long in-flight requests may take to finish once the farewell window has passed.
 SERVER_GRACEFUL_SHUTDOWN_SECONDS = 25
 # The kubelet counts the preStop hook in the grace period: it covers the sleep, the farewell,
@@ -270,6 +274,14 @@ def _server_container(
             "httpGet": {"path": "/v2/health/ready", "port": "http"},
             "periodSeconds": 5,
             "failureThreshold": 3,
+        },
+        # Until the process listens, the other probes wait: on a busy real node, eight server pods
+        # starting at once took over 30 s to import their libraries, and the liveness probe (no
+        # start-up allowance) killed them all in a loop, stable pods included.
+        "startupProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "periodSeconds": STARTUP_PROBE_PERIOD_SECONDS,
+            "failureThreshold": STARTUP_PROBE_FAILURES,
         },
         "livenessProbe": {
             "httpGet": {"path": "/v2/health/live", "port": "http"},

@@ -231,6 +231,13 @@ def test_probes_port_and_scrape_annotations() -> None:
     container = server_container(deployment)
     assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    # A slow start (a busy node, heavy imports) is not a dead server: liveness waits for the
+    # start-up probe, which allows minutes where liveness allows about 30 s.
+    startup = container["startupProbe"]
+    assert startup["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    liveness = container["livenessProbe"]
+    allowed = startup["periodSeconds"] * startup["failureThreshold"]
+    assert allowed >= 120 > liveness["periodSeconds"] * liveness["failureThreshold"]
     assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
