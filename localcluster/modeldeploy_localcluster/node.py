@@ -20,6 +20,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +233,7 @@ class RealNode:
         self.components: list[Component] = []
         self.node_kubeconfig = self.workdir / "node" / "kubeconfig"
         self.timings: dict[str, float] = {}
+        self._commands: dict[str, list[str]] = {}
 
     @property
     def netns_path(self) -> str:
@@ -398,7 +400,37 @@ class RealNode:
         self.node_kubeconfig.write_text(yaml.safe_dump(kubeconfig))
         (node / "Corefile").write_text(corefile(self.node_kubeconfig))
 
+    def restart(self, name: str) -> None:
+        """Stops one of the node's programs (SIGTERM, as its service manager would) and starts it
+        again with the same command line, then waits for the node to be Ready: a kubelet restart
+        on a node upgrade or a crash. The pods' containers keep running meanwhile."""
+        (component,) = [c for c in self.components if c.name == name]
+        stop_components([component], self._progress)
+        self.components.remove(component)
+        stopped = datetime.now(UTC)
+        self._launch(name, self._commands[name])
+        # The Node stays Ready for its lease's duration: only a renewal shows the kubelet is back.
+        self._wait_for(
+            f"the node's Lease renewed after {name} restarted",
+            lambda: self._node_ready() and self._lease_renewed_after(stopped),
+            NODE_READY_TIMEOUT_SECONDS,
+        )
+
+    def _lease_renewed_after(self, moment: datetime) -> bool:
+        renewed = self.cluster.kubectl(
+            "get",
+            "lease",
+            NODE_NAME,
+            "-n",
+            "kube-node-lease",
+            "-o",
+            "jsonpath={.spec.renewTime}",
+            check=False,
+        ).strip()
+        return bool(renewed) and datetime.fromisoformat(renewed.replace("Z", "+00:00")) > moment
+
     def _launch(self, name: str, command: list[str]) -> None:
+        self._commands[name] = command
         log_path = self.workdir / "logs" / f"{name}.log"
         self._progress(f"starting {name} (log: {log_path})")
         env = dict(os.environ)

@@ -5,8 +5,9 @@ starts the window again once the pods are back." Two faults hit the canary's ser
 through the node's runtime while its step is being analysed: its process killed (SIGKILL, as the
 kernel's OOM killer would), then, in the window that follows, a node-level restart (SIGTERM from
 the runtime, as a failed liveness probe does). Each time the kubelet restarts the container in
-the same pod; the operator must open a fresh window once the pod is ready again, and the rollout
-then promotes as usual (a kill is not a failed analysis). Load goes to the ClusterIP meanwhile,
+the same pod; the operator must open a fresh window once the pod is ready again. Then the
+node's kubelet itself is restarted: the containers keep running, the pod is not replaced. The
+rollout then promotes as usual (none of these is a failed analysis). Load goes to the ClusterIP meanwhile,
 since the analysis needs the canary's requests; the requests the kill breaks are reported.
 """
 
@@ -105,6 +106,20 @@ def test_a_killed_and_a_restarted_canary_container_each_restart_the_window_and_t
             restarts.append((fault, hit, window_started))
             # The same pod, restarted in place: the fault is the container's, not the pod's.
             assert _canary_pod(observer)["metadata"]["name"] == pod["metadata"]["name"]
+        # The node's kubelet restarted mid-window (an upgrade, a crash): the containers keep
+        # running, so neither the pod nor its container may be replaced, and the analysis goes on.
+        time.sleep(STEP_SECONDS / 4)
+        pod = _canary_pod(observer)
+        before = _server_container(pod)
+        hit = time.time()
+        real_cluster.node.restart("kubelet")
+        kubelet_back = time.time()
+        after = _server_container(_canary_pod(observer))
+        assert _canary_pod(observer)["metadata"]["name"] == pod["metadata"]["name"]
+        assert (after["containerID"], after["restartCount"]) == (
+            before["containerID"],
+            before["restartCount"],
+        )
         _wait(
             lambda: observer.status().get("stable", {}).get("version") == "2.0.0",
             "the promotion after the faults",
@@ -120,7 +135,15 @@ def test_a_killed_and_a_restarted_canary_container_each_restart_the_window_and_t
         print(f"canary container {fault}: a fresh window began {window_started - hit:.1f}s after the fault")
     print(f"client outcomes over the rollout: {outcomes}")
 
+    print(f"kubelet restarted: back (Lease renewed) {kubelet_back - hit:.1f}s after it was stopped")
+
     history = observer.status()["history"][0]
     assert history["outcome"] == "promoted", history
+    judged_against = [
+        event["reason"]
+        for event in observer.get("events").get("items", [])
+        if event.get("reason") in {"StepFailed", "StepInconclusive", "CanaryPodsFailing"}
+    ]
+    assert not judged_against, judged_against
     assert [fault for fault, _, _ in restarts] == ["killed", "restarted by the node"]
     assert all(window_started > hit for _, hit, window_started in restarts), restarts
