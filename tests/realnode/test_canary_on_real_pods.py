@@ -5,10 +5,16 @@ Deployments, through kube-proxy. Load goes to its ClusterIP from inside the node
 connections and keep-alive ones. Prometheus (built from its Go module) discovers the server pods
 through `role: pod` against the API server, with the selection and relabelling of the chart's
 PodMonitor, and the operator's analysis queries it. The test reads each pod's own /metrics and
-asserts, at every step, that the share of requests the canary pods answered is
+asserts, at every step, that the share of new connections the canary pods answered is
 `status.canary.effectiveWeight` within TOLERANCE, and that no client request failed (a model's
 500 is the bad model's answer and is counted apart), through the steps, the promotion of a good
 model and the rollback of one that fails a third of its requests.
+
+kube-proxy balances connections, not requests: a keep-alive connection stays on one pod until the
+server rotates it (after 30 s or 1,000 requests), so the two keep-alive clients move as two blocks
+and their share in an 8 s window is 0, 1/2 or 1 whatever the weight. Their answers are reported,
+not held to the weight (docs/canary-analysis.md says so); with the `gateway-api` provider the
+split is per request (tests/realnode/test_gateway.py).
 """
 
 from __future__ import annotations
@@ -36,15 +42,15 @@ from modeldeploy_serving import metric_names
 from operator_harness import OperatorProcess
 
 pytestmark = pytest.mark.realnode
-KEEPALIVE_RACE = "one keep-alive request in about 2,300 met a BrokenPipeError in the final CI run of stop 18 (a request sent on a connection the server was closing; see issue 10's note): the zero-failure goal is not met yet"
 
 REPLICAS = 4
 STEPS = [25, 50]
 STEP_SECONDS = 20
 WINDOW_SECONDS = 8.0
-# kube-proxy picks a pod at random per connection: over a window of about 300 requests a 25 %
-# share has a standard deviation of 2.5 points, and each keep-alive connection moves as a block.
+# kube-proxy picks a pod at random per connection: over a window of about 150 new connections a
+# 25 % share has a standard deviation of 3.5 points (4.1 at 50 %).
 TOLERANCE = 0.12
+MIN_NEW_CONNECTIONS_PER_WINDOW = 60
 MIN_REQUESTS_PER_WINDOW = 100
 LOAD_MAX_SECONDS = 600
 LOAD_SCRIPT = Path(__file__).with_name("service_load.py")
@@ -152,10 +158,18 @@ class Observer:
         by_version: dict[str, int] = {}
         for pod, (variant, version, count) in after.items():
             answered = int(count - before.get(pod, (variant, version, 0.0))[2])
+            if not answered:
+                continue  # a pod that has not answered an inference yet has no version to show
             by_variant[variant] = by_variant.get(variant, 0) + answered
             by_version[version] = by_version.get(version, 0) + answered
         stable_versions = {version for variant, version, _ in after.values() if variant == "stable"}
         return Window(name, weight_before, started, ended, by_variant, by_version, stable_versions)
+
+    def canary_gone(self) -> bool:
+        """No canary Deployment and no canary pod: a terminating pod still answers the keep-alive
+        connections it has through its preStop sleep and drain."""
+        pods = self.get("pods", "-l", f"{label_selector('iris')},modeldeploy.io/variant=canary")
+        return not self.get("deployment", "iris-canary") and not pods.get("items")
 
     def canary_pods_ready(self) -> bool:
         deployment = self.get("deployment", "iris-canary")
@@ -229,6 +243,32 @@ def _report(name: str, windows: list[Window], requests: list[dict[str, Any]]) ->
     print(f"  outcomes: {outcomes}")
 
 
+def _canary_share_of_new_connections(window: Window, requests: list[dict[str, Any]]) -> tuple[float, int]:
+    """The share of the window's one-request connections that a canary pod answered, and their count.
+
+    A canary answer is a model version the stable pods do not serve, or the bad model's 500.
+    """
+    answered = [
+        r
+        for r in requests
+        if window.started <= r["t"] < window.ended
+        and r["client"] == "new"
+        and r["outcome"] in CLIENT_FAILURES_ALLOWED
+    ]
+    canary = [
+        r for r in answered if r["outcome"] == "http 500" or r["version"] not in window.by_version_stable
+    ]
+    return (len(canary) / len(answered) if answered else 0.0), len(answered)
+
+
+def _assert_split(windows: list[Window], requests: list[dict[str, Any]]) -> None:
+    for window in windows:
+        assert sum(window.by_variant.values()) >= MIN_REQUESTS_PER_WINDOW, window
+        share, count = _canary_share_of_new_connections(window, requests)
+        assert count >= MIN_NEW_CONNECTIONS_PER_WINDOW, (window, count)
+        assert abs(share - window.effective_weight / 100) <= TOLERANCE, (window, share, count)
+
+
 def _client_failures(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in requests if r["outcome"] not in CLIENT_FAILURES_ALLOWED]
 
@@ -267,7 +307,6 @@ def _start(
     return observer, apply
 
 
-@pytest.mark.xfail(reason=KEEPALIVE_RACE, strict=False)
 def test_a_good_model_is_promoted_step_by_step_without_a_failed_request(
     real_cluster: RealCluster,
     local_operator: OperatorProcess,
@@ -286,7 +325,7 @@ def test_a_good_model_is_promoted_step_by_step_without_a_failed_request(
             observer,
             lambda status: status.get("stable", {}).get("version") == "2.0.0" and not status.get("canary"),
         )
-        _wait(lambda: not observer.get("deployment", "iris-canary"), "the canary Deployment to go")
+        _wait(observer.canary_gone, "the canary Deployment and its pods to go")
         promoted_after = time.monotonic() - started
         windows.append(observer.measure("after promotion"))
     finally:
@@ -299,14 +338,11 @@ def test_a_good_model_is_promoted_step_by_step_without_a_failed_request(
     assert not [r for r in requests if r["outcome"] != "ok"], "the good model answered an error"
     assert {r["client"] for r in requests} == {"keepalive", "new"}
     assert [w.name for w in windows[1:-1]] == [f"step {i + 1} ({w}%)" for i, w in enumerate(STEPS)], windows
-    for window in windows:
-        assert sum(window.by_variant.values()) >= MIN_REQUESTS_PER_WINDOW, window
-        assert abs(window.canary_share - window.effective_weight / 100) <= TOLERANCE, window
+    _assert_split(windows, requests)
     assert set(windows[0].by_version) == {"1.0.0"}, windows[0]
     assert set(windows[-1].by_version) == {"2.0.0"}, windows[-1]
 
 
-@pytest.mark.xfail(reason=KEEPALIVE_RACE, strict=False)
 def test_a_model_failing_a_third_of_its_requests_is_rolled_back_without_a_failed_connection(
     real_cluster: RealCluster,
     local_operator: OperatorProcess,
@@ -323,7 +359,7 @@ def test_a_model_failing_a_third_of_its_requests_is_rolled_back_without_a_failed
         windows += _rollout_windows(
             observer, lambda status: bool(status.get("rejected")) and not status.get("canary")
         )
-        _wait(lambda: not observer.get("deployment", "iris-canary"), "the canary Deployment to go")
+        _wait(observer.canary_gone, "the canary Deployment and its pods to go")
         windows.append(observer.measure("after rollback"))
     finally:
         requests = load.finish()
@@ -335,9 +371,7 @@ def test_a_model_failing_a_third_of_its_requests_is_rolled_back_without_a_failed
     model_errors = [r for r in requests if r["outcome"] == "http 500"]
     assert model_errors, "the bad model never answered: the canary got no traffic"
     assert windows[1].name == "step 1 (25%)", windows
-    for window in windows:
-        assert sum(window.by_variant.values()) >= MIN_REQUESTS_PER_WINDOW, window
-        assert abs(window.canary_share - window.effective_weight / 100) <= TOLERANCE, window
+    _assert_split(windows, requests)
     # Once rolled back, only the stable model answers, and it answers everything.
     assert set(windows[-1].by_version) == {"1.0.0"}, windows[-1]
     assert not [r for r in model_errors if r["t"] >= windows[-1].started], "500s after the rollback"

@@ -43,11 +43,6 @@ def _helm(real_cluster: RealCluster, *args: str) -> str:
     return result.stdout
 
 
-@pytest.mark.xfail(
-    reason="failed in the final CI run of stop 18 on a Lease without a holder right after helm --wait;"
-    " now polled for, but not yet seen passing (issue 10's note)",
-    strict=False,
-)
 def test_chart_runs_the_operator_in_the_cluster(real_cluster: RealCluster, model_http_server: str) -> None:
     cluster = real_cluster.cluster
     operator_namespace = _restricted_namespace(real_cluster)
