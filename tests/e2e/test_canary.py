@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -168,8 +169,10 @@ class CanaryRecorder:
         while not self._stopped.wait(0.5):
             try:
                 canary = self.rollouts.status().get("canary")
-            except ClusterError:
-                continue  # the API server is away (a fault test restarts it): nothing to see
+            except (ClusterError, OSError, subprocess.SubprocessError):
+                # The API server is away (a fault test restarts it) or, after a failed test, the
+                # cluster is gone before the recorder was stopped: nothing to see.
+                continue
             if canary is not None:
                 self.samples.append(canary)
 
@@ -300,13 +303,16 @@ def test_an_operator_killed_mid_step_resumes_without_repeating_or_skipping_a_ste
     rollouts.deploy_stable(iris_models["v1"], "v1")
     rollouts.start_rollout(iris_models["v1-retrained"], "v2", steps=[20, 40, 60])
     recorder = CanaryRecorder(rollouts)
-    wait_until(lambda: rollouts.status()["canary"]["step"] == 1, "the second step", timeout=60)
-
-    operator.stop(signal.SIGKILL)
-    time.sleep(STEP_SECONDS / 2)
-    operator.start()
-    promoted = rollouts.wait_for_outcome()
-    recorder.stop()
+    try:
+        wait_until(
+            lambda: (rollouts.status().get("canary") or {}).get("step") == 1, "the second step", timeout=60
+        )
+        operator.stop(signal.SIGKILL)
+        time.sleep(STEP_SECONDS / 2)
+        operator.start()
+        promoted = rollouts.wait_for_outcome()
+    finally:
+        recorder.stop()
 
     assert promoted["history"][0]["outcome"] == "promoted", promoted["history"]
     steps = [sample["step"] for sample in recorder.samples]

@@ -1,9 +1,9 @@
-"""Bounded V2 inference load for the real-node rollout tests, run inside the node's network namespace.
+"""Bounded V2 inference load for the real-node tests (Services and the Gateway), run inside the node's network namespace.
 
     python service_load.py URL PAYLOADS_JSON OUTPUT STOP_FILE MAX_SECONDS
 
-PAYLOADS_JSON is a list of request bodies, sent in turn (one row of each iris class, so a model
-that fails on one class fails a third of the requests). Half the workers keep one connection
+PAYLOADS_JSON is a list of request bodies, sent in turn (the rollout tests send one row of each
+iris class, so a model that fails on one class fails a third of the requests). Half the workers keep one connection
 alive for every request (as a pooled client does); the others open a new connection per request.
 Each request becomes one JSON line in OUTPUT: ``{"t": wall-clock seconds, "client":
 "keepalive"|"new", "outcome": "ok"|"http 500"|error name, "version": model_version}``. It stops
