@@ -111,7 +111,7 @@ def flatten(name: str, data: list[Any]) -> tuple[list[int], list[Any]]:
                 raise InvalidInput(f"input '{name}': data is ragged (nested lists of different lengths)")
             next_flat.extend(item)
         flat = next_flat
-    if any(isinstance(item, (list, dict)) for item in flat):
+    if not _types_in(flat).isdisjoint((list, dict)):
         raise InvalidInput(f"input '{name}': data is ragged (nested lists of different lengths)")
     return shape, flat
 
@@ -119,16 +119,16 @@ def flatten(name: str, data: list[Any]) -> tuple[list[int], list[Any]]:
 def _numeric_array(name: str, datatype: str, dtype: np.dtype[Any], flat: list[Any]) -> npt.NDArray[Any]:
     if dtype.kind == "b":
         _require_kinds(name, datatype, flat, (bool,))
-        return np.array(flat, dtype=dtype)
+        return array_in_pieces(flat, dtype)
     if dtype.kind in "ui":
         _require_kinds(name, datatype, flat, (int,))
         limits = np.iinfo(dtype)
-        if flat and (min(flat) < limits.min or max(flat) > limits.max):
+        if flat and (_smallest(flat) < limits.min or _largest(flat) > limits.max):
             raise InvalidInput(f"input '{name}': a value is out of range for {datatype}")
-        return np.array(flat, dtype=dtype)
+        return array_in_pieces(flat, dtype)
     _require_kinds(name, datatype, flat, (int, float))
     try:
-        wide = np.array(flat, dtype=np.float64)
+        wide = array_in_pieces(flat, np.dtype(np.float64))
     except OverflowError:
         raise InvalidInput(f"input '{name}': a value is out of range for {datatype}") from None
     if dtype.itemsize < 8:
@@ -138,9 +138,51 @@ def _numeric_array(name: str, datatype: str, dtype: np.dtype[Any], flat: list[An
     return wide.astype(dtype)
 
 
+# How many elements one step of a conversion between lists and arrays handles: about a
+# millisecond, so that converting a large tensor never keeps other threads (the event loop
+# answering health checks) from the GIL for long.
+PIECE_ELEMENTS = 65_536
+
+
+def array_in_pieces(flat: list[Any], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+    """`np.array(flat, dtype)` of a flat list, converted a piece at a time."""
+    array = np.empty(len(flat), dtype=dtype)
+    for start in range(0, len(flat), PIECE_ELEMENTS):
+        array[start : start + PIECE_ELEMENTS] = flat[start : start + PIECE_ELEMENTS]
+    return array
+
+
+def list_in_pieces(array: npt.NDArray[Any]) -> list[Any]:
+    """`array.reshape(-1).tolist()`, converted a piece at a time."""
+    flat = array.reshape(-1)
+    values: list[Any] = []
+    for start in range(0, flat.size, PIECE_ELEMENTS):
+        values += flat[start : start + PIECE_ELEMENTS].tolist()
+    return values
+
+
+def _types_in(flat: list[Any]) -> set[type]:
+    """The exact types of the values in `flat`, gathered a piece at a time (in C: a Python loop
+    over millions of values would compete for the GIL ten times as long)."""
+    types: set[type] = set()
+    for start in range(0, len(flat), PIECE_ELEMENTS):
+        types.update(map(type, flat[start : start + PIECE_ELEMENTS]))
+    return types
+
+
+def _smallest(flat: list[Any]) -> Any:
+    return min(min(flat[start : start + PIECE_ELEMENTS]) for start in range(0, len(flat), PIECE_ELEMENTS))
+
+
+def _largest(flat: list[Any]) -> Any:
+    return max(max(flat[start : start + PIECE_ELEMENTS]) for start in range(0, len(flat), PIECE_ELEMENTS))
+
+
 def _require_kinds(name: str, datatype: str, flat: list[Any], kinds: tuple[type, ...]) -> None:
     """InvalidInput naming the first value whose exact type is not one of `kinds` (bool is
     not taken for an integer, nor a number for a boolean)."""
+    if _types_in(flat).issubset(kinds):
+        return
     for item in flat:
         if type(item) not in kinds:
             needed = "numeric" if float in kinds else _describe_value(kinds[0]())
@@ -160,17 +202,6 @@ def _bytes_array(name: str, flat: list[Any]) -> npt.NDArray[Any]:
     array = np.empty(len(flat), dtype=object)
     array[:] = flat
     return array
-
-
-def _describe_kind(kind: str) -> str:
-    return {
-        "b": "boolean",
-        "u": "integer",
-        "i": "integer",
-        "f": "numeric",
-        "U": "string",
-        "O": "mixed, null or too large",
-    }.get(kind, kind)
 
 
 def inline_binary_tensors(header: Any, blob: bytes) -> Any:
@@ -271,9 +302,8 @@ def datatype_of(array: npt.NDArray[Any]) -> str:
 def encode_tensor(name: str, array: npt.NDArray[Any]) -> dict[str, Any]:
     """A V2 response tensor: the array's shape, datatype and row-major flattened data."""
     datatype = datatype_of(array)
-    _check_finite(name, array)
-    flat = array.reshape(-1)
-    data = [str(item) for item in flat] if datatype == "BYTES" else flat.tolist()
+    _check_finite(name, array, "request it as binary data (parameters.binary_data) to receive it")
+    data = [str(item) for item in array.reshape(-1)] if datatype == "BYTES" else list_in_pieces(array)
     return {"name": name, "shape": list(array.shape), "datatype": datatype, "data": data}
 
 
@@ -281,16 +311,21 @@ def json_values(array: npt.NDArray[Any]) -> list[Any]:
     """The array as nested JSON-ready lists (strings for non-numeric elements)."""
     if array.dtype.kind in "USO" and array.size:
         array = np.vectorize(str, otypes=[object])(array)
-    _check_finite("predictions", array)
+    _check_finite("predictions", array, "check its values")
     result: list[Any] = array.tolist()
     return result
 
 
-def _check_finite(name: str, array: npt.NDArray[Any]) -> None:
-    """JSON has no NaN or infinity; extreme inputs can drive a model there (1e308 into a linear model)."""
+def _check_finite(name: str, array: npt.NDArray[Any], advice: str) -> None:
+    """JSON has no NaN or infinity; extreme inputs can drive a model there (1e308 into a linear model).
+
+    A client error (400), not a server error: the model answered, but not in a form the request
+    can carry; a 5xx would be retried in vain and count against the version in a rollout's
+    analysis. Binary outputs carry NaN and infinity as they are.
+    """
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise InvalidInput(
-            f"output '{name}' is not finite (NaN or infinity) for this input; check its values"
+            f"output '{name}' is not finite (NaN or infinity) for this input, and JSON cannot carry it; {advice}"
         )
 
 

@@ -43,6 +43,9 @@ try:
 except importlib.metadata.PackageNotFoundError:  # running from a source tree that is not installed
     SERVER_VERSION = "unknown"
 
+# The V2 protocol extensions this server implements: binary tensor data, for inputs and outputs.
+EXTENSIONS = ("binary_tensor_data",)
+
 
 @dataclass(frozen=True)
 class V2Answer:
@@ -181,7 +184,7 @@ class DataPlane:
 
     def server_metadata(self) -> dict[str, Any]:
         """The V2 server metadata object."""
-        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []}
+        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
 
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         """The V2 model metadata object."""
@@ -239,13 +242,17 @@ class DataPlane:
         else:
             rows, outputs = self._decode_v2(model, request)
         results = await self._predict(rows, tuple(name for name, _ in outputs))
-        if offload or len(rows) > self._settings.inline_max_rows:
-            answer = await asyncio.to_thread(self._encode_v2, request, outputs, results, len(rows))
-        else:
+
+        def encode_and_record() -> V2Answer:
             answer = self._encode_v2(request, outputs, results, len(rows))
-        # Counted only once the answer is certain: an output JSON cannot carry is a 400.
-        self._record(model, results)
-        return answer
+            # Counted only once the answer is certain: an output JSON cannot carry is an error.
+            self._record(model, results)
+            return answer
+
+        if offload or len(rows) > self._settings.inline_max_rows:
+            # Counting many rows' classes is as long as encoding them: both off the loop.
+            return await asyncio.to_thread(encode_and_record)
+        return encode_and_record()
 
     async def predict_v1(
         self, name: str, request: V1PredictRequest | V1Request, offload: bool = False
@@ -259,12 +266,15 @@ class DataPlane:
         else:
             rows = self._decode_v1(model, request)
         results = await self._predict(rows, (OUTPUT_PREDICT,))
-        if offload or len(rows) > self._settings.inline_max_rows:
-            predictions = await asyncio.to_thread(codec.json_values, results[OUTPUT_PREDICT])
-        else:
+
+        def encode_and_record() -> dict[str, Any]:
             predictions = codec.json_values(results[OUTPUT_PREDICT])
-        self._record(model, results)
-        return {"predictions": predictions}
+            self._record(model, results)
+            return {"predictions": predictions}
+
+        if offload or len(rows) > self._settings.inline_max_rows:
+            return await asyncio.to_thread(encode_and_record)
+        return encode_and_record()
 
     def _decode_v1(self, model: Model, request: V1Request) -> npt.NDArray[Any]:
         if (request.instances is None) == (request.inputs is None):
@@ -343,7 +353,10 @@ class DataPlane:
             predictions = np.asarray(classes)[np.argmax(results[OUTPUT_PREDICT_PROBA], axis=1)]
         else:
             return
-        self._metrics.observe_predictions(predictions, classes)
+        # A piece at a time: tallying many rows' classes in one call holds the GIL for long.
+        predictions = predictions.reshape(-1)
+        for start in range(0, max(len(predictions), 1), codec.PIECE_ELEMENTS):
+            self._metrics.observe_predictions(predictions[start : start + codec.PIECE_ELEMENTS], classes)
 
     # --- request checks ----------------------------------------------------------------------
 

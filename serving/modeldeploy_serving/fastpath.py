@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from modeldeploy_serving import codec, protocol
+from modeldeploy_serving import codec, piecewise_json, protocol
 from modeldeploy_serving.dataplane import DataPlane, V2Answer
 from modeldeploy_serving.errors import InvalidInput, RequestTooLarge, ServingError
 from modeldeploy_serving.metrics import ServerMetrics
@@ -33,6 +33,10 @@ BINARY_HEADER = b"inference-header-content-length"
 _V2_INFER = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
 _V1_PREDICT = re.compile(r"/v1/models/(?P<name>[^/]+):predict")
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+
+# Elements per row of a typical output (a few classes' probabilities): answers of more rows than
+# a piece's elements over this may hold a list long enough to be encoded in pieces.
+_OUTPUT_WIDTH_GUESS = 16
 
 Response = tuple[int, list[tuple[bytes, bytes]], bytes]
 Handler = Callable[[Receive, Send], Awaitable[None]]
@@ -128,8 +132,11 @@ class FastPath:
         async with self._large():
             request = await asyncio.to_thread(parse_v2, body, header_length)
             del body  # the decoded request replaces it
-            answer = await self._plane.infer_v2(name, version, request, offload=True)
-            return await asyncio.to_thread(v2_response, answer)
+            try:
+                answer = await self._plane.infer_v2(name, version, request, offload=True)
+            finally:
+                await asyncio.to_thread(piecewise_json.release, [item.data for item in request.inputs])
+            return await asyncio.to_thread(_encode_and_release, v2_response, answer.body, answer)
 
     async def _predict_v1(self, scope: Scope, receive: Receive, name: str) -> Response:
         body = await self._read_body(scope, receive)
@@ -139,8 +146,11 @@ class FastPath:
         async with self._large():
             request = await asyncio.to_thread(parse_v1, body)
             del body
-            answer = await self._plane.predict_v1(name, request, offload=True)
-            return 200, _JSON_HEADERS, await asyncio.to_thread(orjson.dumps, answer)
+            try:
+                answer = await self._plane.predict_v1(name, request, offload=True)
+            finally:
+                await asyncio.to_thread(piecewise_json.release, [request.instances, request.inputs])
+            return await asyncio.to_thread(_encode_and_release, _v1_response, answer, answer)
 
     def _large(self) -> asyncio.Semaphore:
         # Made on first use, on the loop that serves (a semaphore binds to the loop that waits on it).
@@ -195,7 +205,10 @@ def parse_v1(body: bytes) -> protocol.V1Request:
 
 def v2_response(answer: V2Answer) -> Response:
     """The HTTP response of a V2 answer: JSON, or a JSON header and the binary outputs after it."""
-    header = orjson.dumps(answer.body)
+    # Large answers are encoded (on a thread) in pieces, so other threads get the GIL between
+    # them; walking a small answer for long lists would cost more than encoding it.
+    large = answer.rows * _OUTPUT_WIDTH_GUESS > codec.PIECE_ELEMENTS
+    header = piecewise_json.dumps(answer.body) if large else orjson.dumps(answer.body)
     if not answer.binary:
         return 200, _JSON_HEADERS, header
     headers = [
@@ -205,6 +218,17 @@ def v2_response(answer: V2Answer) -> Response:
     return 200, headers, b"".join((header, *answer.binary))
 
 
+def _v1_response(answer: dict[str, Any]) -> Response:
+    return 200, _JSON_HEADERS, piecewise_json.dumps(answer)
+
+
+def _encode_and_release(encode: Callable[[Any], Response], body: Any, answer: Any) -> Response:
+    """`encode(answer)`, then the answer's lists freed a piece at a time, on this thread."""
+    response = encode(answer)
+    piecewise_json.release(body)
+    return response
+
+
 def error_response(status: int, message: str) -> Response:
     """The protocols' error body, `{"error": message}`."""
     return status, _JSON_HEADERS, orjson.dumps({"error": message})
@@ -212,7 +236,7 @@ def error_response(status: int, message: str) -> Response:
 
 def _json(body: bytes) -> Any:
     try:
-        return orjson.loads(body)
+        return piecewise_json.loads(body)
     except orjson.JSONDecodeError as error:
         raise InvalidInput(f"body: malformed JSON at character {error.pos} ({error.msg})") from None
 

@@ -123,7 +123,11 @@ def test_nothing_is_ready_before_the_model_is_served(tmp_path: Path) -> None:
 
 
 def test_metadata(plane: DataPlane) -> None:
-    assert plane.server_metadata() == {"name": "modeldeploy", "version": "0.1.0", "extensions": []}
+    assert plane.server_metadata() == {
+        "name": "modeldeploy",
+        "version": "0.1.0",
+        "extensions": ["binary_tensor_data"],
+    }
     assert plane.model_metadata("iris", "v1") == {
         "name": "iris",
         "versions": ["v1"],

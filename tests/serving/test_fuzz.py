@@ -103,11 +103,24 @@ def _large_valid_body(rows: int) -> bytes:
     ).encode()
 
 
+# The bound on liveness while large bodies are decoded (the issue asks for 100 ms). It applies
+# to the 95th percentile of the probes (150 to 200 of them): on a shared two-core machine the
+# scheduler alone delays a few probes by more, whatever the server does, while a server whose
+# decoding holds the GIL for long delays many. Measured with this test's load on this machine
+# (load average 6 to 10): before decoding and encoding were done in pieces the 95th
+# percentile was 170-183 ms (slowest probe 350-500 ms), after 70 ms (slowest 190 ms).
+_LIVENESS_P95_SECONDS = 0.1
+# Every probe must still answer within the kubelet's default probe timeout.
+_PROBE_TIMEOUT_SECONDS = 1.0
+
+
 def test_liveness_answers_promptly_while_large_requests_are_decoded(iris_skops_dir: Path) -> None:
-    """Parsing and decoding large bodies runs off the event loop: before, one 2 MB request held
-    /v2/health/live for 2.4 s; now several of 4 MB at once leave it answering within a second,
-    and decoding them a few at a time keeps the peak memory a small multiple of the bodies."""
-    body = _large_valid_body(200_000)
+    """Parsing, decoding and encoding large bodies run on threads, in pieces short enough that
+    the event loop gets the GIL between them: before, one 2 MB request held /v2/health/live for
+    2.4 s, and four of 8 MB each, parsed and encoded in single steps, held it for up to half a
+    second;
+    decoding them a few at a time keeps the peak memory a small multiple of the bodies."""
+    body = _large_valid_body(420_000)
     server = RunningServer(iris_skops_dir, memory_limit_bytes=_ADDRESS_SPACE_LIMIT)
     try:
         server.wait_ready()
@@ -123,23 +136,32 @@ def test_liveness_answers_promptly_while_large_requests_are_decoded(iris_skops_d
             )
             statuses.append(reply.status_code)
 
-        senders = [threading.Thread(target=post) for _ in range(4)]
-        for sender in senders:
-            sender.start()
-        slowest = 0.0
+        latencies = []
         with httpx.Client(base_url=server.url, timeout=30) as probe:
+            for _ in range(20):  # the client's first requests are slower than its others
+                probe.get("/v2/health/live")
+            senders = [threading.Thread(target=post) for _ in range(4)]
+            for sender in senders:
+                sender.start()
             while any(sender.is_alive() for sender in senders):
-                started = time.monotonic()
+                started = time.perf_counter()
                 assert probe.get("/v2/health/live").status_code == 200
-                slowest = max(slowest, time.monotonic() - started)
-                time.sleep(0.05)
+                latencies.append(time.perf_counter() - started)
+                time.sleep(0.01)
         for sender in senders:
             sender.join()
         growth = server.peak_rss_bytes() - before
     finally:
         server.stop()
     assert statuses == [200] * 4
-    assert slowest < 1.0, f"/v2/health/live took {slowest:.2f} s while large requests were decoded"
+    latencies.sort()
+    p95 = latencies[int(0.95 * len(latencies))]
+    summary = (
+        f"{len(latencies)} probes: 95% within {p95 * 1000:.0f} ms, slowest {latencies[-1] * 1000:.0f} ms"
+    )
+    assert len(latencies) >= 50, summary
+    assert p95 < _LIVENESS_P95_SECONDS, summary
+    assert latencies[-1] < _PROBE_TIMEOUT_SECONDS, summary
     # Four bodies arrive at once but only two are decoded at a time (large_requests_at_once);
     # a parsed JSON number costs several times its text (measured here: 44 times one body in
     # all, with the four bodies themselves and the threads' allocator arenas).

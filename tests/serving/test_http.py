@@ -56,7 +56,11 @@ def test_not_ready_until_the_model_is_served(tmp_path: Path, iris_classifier: An
 
 
 def test_metadata_endpoints(client: TestClient) -> None:
-    assert client.get("/v2").json() == {"name": "modeldeploy", "version": "0.1.0", "extensions": []}
+    assert client.get("/v2").json() == {
+        "name": "modeldeploy",
+        "version": "0.1.0",
+        "extensions": ["binary_tensor_data"],
+    }
     metadata = client.get("/v2/models/iris").json()
     assert metadata["name"] == "iris"
     assert metadata["versions"] == ["v1"]
