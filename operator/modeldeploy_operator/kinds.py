@@ -40,6 +40,8 @@ class WatchedKind:
     """Its API comes from a CRD that may not be installed (Gateway API, Istio)."""
     applied: bool = True
     """Whether the operator writes it (pods are only watched: their Deployments make them)."""
+    spec_read: bool = True
+    """Whether the reconcile reads its spec: the watch cache keeps the spec only of kinds that do."""
 
     @property
     def api_version(self) -> str:
@@ -52,7 +54,7 @@ CHILD_KINDS: tuple[WatchedKind, ...] = (
     # The stable Deployment is always wanted, so deleting unwanted ones only ever finds a canary.
     WatchedKind("apps", "v1", "Deployment", "deployments", optional=True),
     WatchedKind("", "v1", "Service", "services"),
-    WatchedKind("", "v1", "Pod", "pods", applied=False),
+    WatchedKind("", "v1", "Pod", "pods", applied=False, spec_read=False),
     WatchedKind("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", optional=True),
     WatchedKind("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", optional=True),
     WatchedKind("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes", optional=True, from_crd=True),

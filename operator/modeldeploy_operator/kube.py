@@ -66,9 +66,11 @@ class WriteFence:
 class KubernetesError(RuntimeError):
     """A Kubernetes API call failed; ``status`` is the HTTP status (0 when the API was unreachable)."""
 
-    def __init__(self, message: str, status: int = 0) -> None:
+    def __init__(self, message: str, status: int = 0, causes: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.status = status
+        self.causes = causes
+        """The reasons of the Kubernetes Status' causes (details.causes[].reason)."""
 
     @property
     def is_conflict(self) -> bool:
@@ -77,6 +79,11 @@ class KubernetesError(RuntimeError):
     @property
     def is_not_found(self) -> bool:
         return self.status == 404
+
+    @property
+    def is_namespace_terminating(self) -> bool:
+        """Refused because the namespace is being deleted: nothing can be created in it any more."""
+        return self.status == 403 and "NamespaceTerminating" in self.causes
 
 
 def _describe(action: str, kind: str, name: str, namespace: str | None) -> str:
@@ -90,13 +97,20 @@ def _api_call(action: str) -> Iterator[None]:
     try:
         yield
     except ApiError as error:
-        raise KubernetesError(f"{action}: {error.status.message}", status=error.status.code or 0) from error
+        details = error.status.details
+        causes = tuple(cause.reason or "" for cause in (details.causes or [])) if details else ()
+        raise KubernetesError(
+            f"{action}: {error.status.message}", status=error.status.code or 0, causes=causes
+        ) from error
     except httpx2.HTTPStatusError as error:
         # An answer without a Kubernetes Status body, such as 404 for an API group not installed.
         status = error.response.status_code
         raise KubernetesError(f"{action}: HTTP {status}", status=status) from error
     except httpx2.HTTPError as error:
-        raise KubernetesError(f"{action}: Kubernetes API unreachable ({error})") from error
+        # A timeout's message is empty: its type is what says what happened.
+        raise KubernetesError(
+            f"{action}: Kubernetes API unreachable ({str(error) or type(error).__name__})"
+        ) from error
 
 
 def _resource_of(api_version: str, kind: str) -> Any:
@@ -293,7 +307,13 @@ class KubeStorage:
             )
 
     async def list_model_deployments(self, namespace: str | None) -> list[Manifest]:
-        """In one namespace, or in all when namespace is None."""
+        """In one namespace, or in all when namespace is None (from the watch cache once it holds them:
+        the periodic resync of an idle operator then asks the API server nothing)."""
+        cache = self._cached(KIND, namespace or "")
+        if cache is not None:
+            METRICS.kubernetes_reads.labels("list", KIND, "cache").inc()
+            return cache.list(KIND, namespace, {})
+        METRICS.kubernetes_reads.labels("list", KIND, "api").inc()
         with _api_call(f"list {KIND} in {namespace or 'all namespaces'}"):
             items = self._client.list(ModelDeploymentResource, namespace=namespace or "*")
             return [dict(item) async for item in items]

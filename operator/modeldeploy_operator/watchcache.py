@@ -7,6 +7,11 @@ namespace outside the watched ones, reads go to the API server. What the operato
 in the cache at once (write-through), so its next reconcile never reads its own write as missing;
 an event older than what the cache holds is ignored. Each change is also handed to `on_change`,
 which turns it into a reconcile trigger.
+
+The cache keeps what the reconcile reads, not every byte the API server sends: managedFields
+entries without their field sets (the reconcile reads only who applied and when), and Pods without
+their spec (only their labels and status are read). Both are most of an object's size, every read
+copies what it returns, and a thousand ModelDeployments cache several thousand children.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import asyncio
 import copy
 import logging
 import random
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -35,6 +42,9 @@ RETRY_FIRST_SECONDS = 1.0
 RETRY_MAX_SECONDS = 30.0
 # A kind whose CRD is not installed is looked for again this often.
 MISSING_KIND_SECONDS = 60.0
+# How long a deletion is remembered: far longer than a late answer to a write takes to come back,
+# short enough that pods coming and going for months do not pile up.
+TOMBSTONE_SECONDS = 300.0
 
 OnChange = Callable[[WatchedKind, Manifest], None]
 
@@ -68,8 +78,10 @@ class WatchCache:
         resources: Callable[[WatchedKind], Any],
         kinds: Sequence[WatchedKind],
         namespaces: Sequence[str],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
+        self._clock = clock
         self._resources = resources
         self._kinds = list(kinds)
         self._scopes: list[str | None] = [*namespaces] or [None]
@@ -83,9 +95,10 @@ class WatchCache:
         self._synced: set[tuple[str, str]] = set()
         # Objects known to have changed since the cache saw them: read from the API until an event comes.
         self._stale: set[tuple[str, str, str]] = set()
-        # Deleted objects and the version of their deletion: a late answer to an earlier write (or a
-        # trigger's body) must not bring them back.
-        self._tombstones: dict[tuple[str, str, str], Manifest] = {}
+        # Deleted objects: the version of their deletion and when it was seen (monotonic clock),
+        # oldest first. A late answer to an earlier write (or a trigger's body) must not bring them back.
+        self._tombstones: OrderedDict[tuple[str, str, str], tuple[Manifest, float]] = OrderedDict()
+        self._without_spec = {kind.kind for kind in kinds if not kind.spec_read}
         self._tasks: list[asyncio.Task[None]] = []
         self._all_synced = asyncio.Event()
 
@@ -121,17 +134,22 @@ class WatchCache:
         found = self._objects.get((kind, namespace, name))
         return None if found is None else _copy(found)
 
-    def list(self, kind: str, namespace: str, labels: Mapping[str, str]) -> list[Manifest]:
+    def list(self, kind: str, namespace: str | None, labels: Mapping[str, str]) -> list[Manifest]:
+        """The cached objects of `kind` in `namespace` (in every namespace for None) with `labels`."""
         instance = labels.get(LABEL_INSTANCE)
-        if instance is not None:
+        if instance is not None and namespace is not None:
             names = sorted(self._by_instance.get((kind, namespace, instance), ()))
             candidates = [self._objects[(kind, namespace, name)] for name in names]
         else:
-            candidates = [obj for (k, ns, _), obj in self._objects.items() if k == kind and ns == namespace]
+            candidates = [
+                obj for (k, ns, _), obj in self._objects.items() if k == kind and namespace in (None, ns)
+            ]
         return [_copy(obj) for obj in candidates if _labels_match(obj, labels)]
 
     def _store(self, key: tuple[str, str, str], obj: Manifest) -> None:
+        """Keeps `obj` (the cache's own: trimmed in place) under `key`."""
         self._drop(key)
+        _trim(obj, keep_spec=key[0] not in self._without_spec)
         self._objects[key] = obj
         instance = (obj.get("metadata", {}).get("labels") or {}).get(LABEL_INSTANCE)
         if instance is not None:
@@ -156,7 +174,7 @@ class WatchCache:
         if key is None or not self.synced(key[0], key[1]):
             return
         tombstone = self._tombstones.get(key)
-        if tombstone is not None and _not_older(tombstone, obj):
+        if tombstone is not None and _not_older(tombstone[0], obj):
             return  # deleted at or after this version
         if _not_older(obj, self._objects.get(key)):
             self._store(key, _copy(obj))
@@ -166,7 +184,17 @@ class WatchCache:
         """Drops an object that was deleted; versions up to the last one seen stay gone."""
         gone = self._drop((kind, namespace, name))
         if gone is not None:
-            self._tombstones[(kind, namespace, name)] = gone
+            self._bury((kind, namespace, name), gone)
+
+    def _bury(self, key: tuple[str, str, str], gone: Manifest) -> None:
+        now = self._clock()
+        self._tombstones.pop(key, None)
+        self._tombstones[key] = ({"metadata": {"resourceVersion": _version_text(gone)}}, now)
+        while self._tombstones:
+            oldest, (_, buried_at) = next(iter(self._tombstones.items()))
+            if now - buried_at < TOMBSTONE_SECONDS:
+                break
+            del self._tombstones[oldest]
 
     def outdated(self, kind: str, namespace: str, name: str) -> None:
         """Marks an object the API server says changed since the cache saw it (a 409): `knows` is
@@ -212,15 +240,27 @@ class WatchCache:
         listing = self._client.list(resource, namespace=scope or "*", labels=labels)
         items = [_typed(kind, dict(item.to_dict())) async for item in listing]
         METRICS.watch_cache_lists.labels(kind.kind).inc()
-        self._drop_scope(kind.kind, scope)
+        before = self._drop_scope(kind.kind, scope)
         self._stale = {key for key in self._stale if key[0] != kind.kind}
-        self._tombstones = {key: obj for key, obj in self._tombstones.items() if key[0] != kind.kind}
+        self._tombstones = OrderedDict(
+            (key, buried) for key, buried in self._tombstones.items() if key[0] != kind.kind
+        )
+        changed = []
         for item in items:
             key = _key(item)
             if key is not None:
+                known = before.pop(key, None)
                 self._store(key, item)
-                if self._on_change is not None:
-                    self._on_change(kind, item)
+                if known is None or _version(known) is None or _version(known) != _version(item):
+                    changed.append(item)
+        for key, gone in before.items():  # deleted while the watch was away
+            self._bury(key, gone)
+            changed.append(gone)
+        # Only what changed since the cache last saw it is news: a relist after a dropped watch
+        # would otherwise reconcile every ModelDeployment at once.
+        if self._on_change is not None:
+            for item in changed:
+                self._on_change(kind, item)
         return str(listing.resourceVersion)
 
     def _observe(self, kind: WatchedKind, event_type: str, obj: Manifest) -> None:
@@ -233,16 +273,21 @@ class WatchCache:
         self._stale.discard(key)
         if event_type == "DELETED":
             self._drop(key)
-            self._tombstones[key] = obj
+            self._bury(key, obj)
         else:
             self._store(key, obj)
             self._tombstones.pop(key, None)
         if self._on_change is not None:
             self._on_change(kind, obj)
 
-    def _drop_scope(self, kind: str, scope: str | None) -> None:
+    def _drop_scope(self, kind: str, scope: str | None) -> dict[tuple[str, str, str], Manifest]:
+        """Drops the cached objects of `kind` in `scope` (every namespace for None); returns them."""
+        dropped = {}
         for key in [k for k in self._objects if k[0] == kind and (scope is None or k[1] == scope)]:
-            self._drop(key)
+            gone = self._drop(key)
+            if gone is not None:
+                dropped[key] = gone
+        return dropped
 
     async def _back_off(self, kind: WatchedKind, scope: str | None, failures: int, error: Exception) -> None:
         delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** min(failures - 1, 10))
@@ -270,6 +315,19 @@ def _key(obj: Mapping[str, Any]) -> tuple[str, str, str] | None:
     if not (kind and namespace and name):
         return None
     return str(kind), str(namespace), str(name)
+
+
+def _version_text(obj: Mapping[str, Any]) -> Any:
+    return obj.get("metadata", {}).get("resourceVersion")
+
+
+def _trim(obj: Manifest, keep_spec: bool) -> None:
+    metadata = obj.get("metadata") or {}
+    entries = metadata.get("managedFields")
+    if entries:
+        metadata["managedFields"] = [{k: v for k, v in e.items() if k != "fieldsV1"} for e in entries]
+    if not keep_spec:
+        obj.pop("spec", None)
 
 
 def _copy(obj: Mapping[str, Any]) -> Manifest:

@@ -7,10 +7,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from lightkube import ApiError
 
+from modeldeploy_operator import watchcache
 from modeldeploy_operator.kinds import MODEL_DEPLOYMENT, WatchedKind, kind_named
-from modeldeploy_operator.watchcache import WatchCache
+from modeldeploy_operator.kube import KubeStorage
+from modeldeploy_operator.watchcache import TOMBSTONE_SECONDS, WatchCache
 
 DEPLOYMENT = kind_named("Deployment")
 ROUTE = kind_named("HTTPRoute")
@@ -57,6 +60,8 @@ class FakeClient:
         self.watched_from.append(resource_version)
         while True:
             event_type, obj = await self.events.get()
+            if event_type == "DROP":
+                raise ConnectionError("the watch connection was dropped")
             yield event_type, Item(obj)
 
 
@@ -216,6 +221,126 @@ def test_a_list_by_owner_reads_only_that_owners_children() -> None:
             d["metadata"]["name"]
             for d in cache.list("Deployment", "ml", {"app.kubernetes.io/instance": "iris"})
         ] == ["iris-stable"]
+        cache.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_deletion_is_remembered_for_a_while_not_for_ever() -> None:
+    # Before: every deleted object stayed in the cache as its tombstone, whole, until the next
+    # full list, so an operator whose pods came and went grew without bound.
+    async def scenario() -> None:
+        now = [0.0]
+        cache = WatchCache(FakeClient(), lambda kind: kind, (DEPLOYMENT,), [], clock=lambda: now[0])  # type: ignore[arg-type]
+        cache.start()
+        await asyncio.wait_for(cache.until_synced(), 5)
+        for index in range(3):
+            cache.put(deployment(f"old-{index}", 5))
+            cache.deleted("Deployment", "ml", f"old-{index}")
+        now[0] = TOMBSTONE_SECONDS / 2
+        cache.put(deployment("old-0", 4))  # a late answer, well within the time one can take
+        assert cache.get("Deployment", "ml", "old-0") is None
+        now[0] = TOMBSTONE_SECONDS + 1
+        cache.put(deployment("recent", 5))
+        cache.deleted("Deployment", "ml", "recent")
+        assert len(cache._tombstones) == 1  # the three older ones expired when this one came
+        cache.stop()
+
+    asyncio.run(scenario())
+
+
+def test_the_cache_keeps_what_the_reconcile_reads() -> None:
+    async def scenario() -> None:
+        client = FakeClient()
+        client.stored["Pod"] = [
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": "iris-1",
+                    "namespace": "ml",
+                    "resourceVersion": "3",
+                    "labels": {"a": "b"},
+                },
+                "spec": {"containers": [{"name": "server", "image": "i"}]},
+                "status": {"phase": "Running"},
+            }
+        ]
+        applied = deployment("iris-stable", 4)
+        applied["metadata"]["managedFields"] = [
+            {"manager": "modeldeploy", "operation": "Apply", "time": "t", "fieldsV1": {"f:spec": {}}}
+        ]
+        cache = await started(client, (DEPLOYMENT, kind_named("Pod")))
+        cache.put(applied)
+        pod = cache.get("Pod", "ml", "iris-1")
+        assert pod is not None and "spec" not in pod
+        assert pod["status"] == {"phase": "Running"} and pod["metadata"]["labels"] == {"a": "b"}
+        stored = cache.get("Deployment", "ml", "iris-stable")
+        assert stored is not None and stored["spec"] == {"replicas": 1}
+        assert stored["metadata"]["managedFields"] == [
+            {"manager": "modeldeploy", "operation": "Apply", "time": "t"}
+        ]
+        assert "fieldsV1" in applied["metadata"]["managedFields"][0]  # the caller's object is its own
+        cache.stop()
+
+    asyncio.run(scenario())
+
+
+def test_the_periodic_resync_lists_from_the_cache_once_it_holds_the_model_deployments() -> None:
+    # Before: every resync listed every ModelDeployment from the API server, the one request an
+    # idle operator still made besides its Lease.
+    async def scenario() -> None:
+        client = FakeClient()
+        client.stored["ModelDeployment"] = [
+            {
+                "apiVersion": "modeldeploy.io/v1alpha1",
+                "kind": "ModelDeployment",
+                "metadata": {"name": name, "namespace": namespace, "resourceVersion": "3"},
+            }
+            for name, namespace in (("iris", "ml"), ("wine", "other"))
+        ]
+        listed: list[str] = []
+        plain_list = client.list
+
+        def counting_list(resource: WatchedKind, **options: Any) -> Listing:
+            listed.append(resource.kind)
+            return plain_list(resource, **options)
+
+        client.list = counting_list  # type: ignore[method-assign]
+        cache = await started(client, (MODEL_DEPLOYMENT,))
+        storage = KubeStorage(client, "modeldeploy", cache=cache)  # type: ignore[arg-type]
+        everywhere = await storage.list_model_deployments(None)
+        in_ml = await storage.list_model_deployments("ml")
+        assert listed == ["ModelDeployment"]  # the cache's own list at start-up, nothing since
+        assert sorted(body["metadata"]["name"] for body in everywhere) == ["iris", "wine"]
+        assert [body["metadata"]["name"] for body in in_ml] == ["iris"]
+        cache.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_relist_after_a_dropped_watch_reports_only_what_changed_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before: every object listed again was reported as a change (a reconcile of every owner at
+    # once), and one deleted while the watch was away was not reported at all.
+    monkeypatch.setattr(watchcache, "RETRY_FIRST_SECONDS", 0.01)
+
+    async def scenario() -> None:
+        client = FakeClient()
+        client.stored["Deployment"] = [deployment(name, 5) for name in ("same", "edited", "deleted")]
+        cache = await started(client)
+        cache.changes.clear()  # type: ignore[attr-defined]
+        client.stored["Deployment"] = [deployment("same", 5), deployment("edited", 9), deployment("new", 10)]
+        await client.events.put(("DROP", {}))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if len(client.watched_from) == 2:
+                break
+        assert sorted(cache.changes) == ["deleted", "edited", "new"]  # type: ignore[attr-defined]
+        assert cache.get("Deployment", "ml", "deleted") is None
+        cache.put(deployment("deleted", 5))  # a late answer about the deleted one
+        assert cache.get("Deployment", "ml", "deleted") is None
         cache.stop()
 
     asyncio.run(scenario())
