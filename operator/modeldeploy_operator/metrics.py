@@ -59,6 +59,12 @@ class OperatorMetrics:
             ["type", "reason", "result"],
             registry=registry,
         )
+        self.reconciles_waiting = Gauge(
+            PREFIX + "reconciles_waiting",
+            "ModelDeployments waiting for a reconcile worker (each counts once, however many triggers"
+            " named it); 0 when the operator keeps up.",
+            registry=registry,
+        )
         self.reconcile_failures = Counter(
             PREFIX + "reconcile_failures_total",
             "Reconciles that failed and are retried with backoff, by reason (KubernetesAPIError or"

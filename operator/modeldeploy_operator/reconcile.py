@@ -69,8 +69,6 @@ COALESCE_SECONDS = 0.5
 ROLLOUT_TICK_SECONDS = 5.0
 # After a window's end, before it is queried: the last scrape of the window has to land.
 WINDOW_SETTLE_SECONDS = 0.2
-# How many ModelDeployments are reconciled at once (each object one reconcile at a time).
-WORKERS = 4
 # After a failed reconcile: the first retry, doubled at each failure in a row, up to the last.
 RETRY_FIRST_SECONDS = 1.0
 RETRY_MAX_SECONDS = 300.0
@@ -137,7 +135,8 @@ def rollout_wake_up(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, no
 
 
 class Reconciler:
-    """Reconciles ModelDeployments by key: at most WORKERS at once, one at a time per object."""
+    """Reconciles ModelDeployments by key: at most `settings.reconcile_workers` at once, one at a time
+    per object."""
 
     def __init__(
         self,
@@ -146,13 +145,13 @@ class Reconciler:
         prometheus: PrometheusClient,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         metrics: OperatorMetrics = METRICS,
-        workers: int = WORKERS,
     ) -> None:
         self._storage = storage
         self._metrics = metrics
         self._settings = settings
         self._clock = clock
-        self._queue = WorkQueue(self.reconcile_key, workers)
+        self._queue = WorkQueue(self.reconcile_key, settings.reconcile_workers)
+        metrics.reconciles_waiting.set_function(lambda: self._queue.waiting)
         self._children = Children(storage)
         self._announcer = Announcer(storage, metrics)
         self._analyst = WindowAnalyst(prometheus, settings, metrics)
@@ -170,6 +169,16 @@ class Reconciler:
         async with self._queue.turn(key):
             try:
                 reconciled = await self._reconcile_stored(name, namespace)
+            except KubernetesError as error:
+                if not error.is_namespace_terminating:
+                    await self._report_failure(name, namespace, error)
+                    return None
+                # The namespace controller is deleting the object with everything around it: a
+                # retry, a failure condition or a Warning Event could not be written there either
+                # (deleting a namespace of 250 ModelDeployments cost over a thousand such failures).
+                _logger.info("Namespace %s is being deleted: ModelDeployment %s left to it", namespace, name)
+                self._failures.pop(key, None)
+                return None
             except Exception as error:
                 await self._report_failure(name, namespace, error)
                 return None

@@ -149,6 +149,25 @@ def test_an_earlier_requeue_replaces_a_later_one_still_waiting() -> None:
     assert storage.model_deployment_reads == 1
 
 
+def test_triggers_while_an_object_waits_or_runs_cost_one_more_reconcile_not_one_each() -> None:
+    # Before: a request left the queue's table once its delay ended, so each trigger of a burst
+    # (child events, the status write's echo) queued a reconcile of its own: 1,000 objects cost
+    # several thousand reconciles, and an object waited behind all of them to become Ready.
+    storage = MemoryStorage()
+    model_deployment(storage, SPEC)
+
+    async def scenario() -> None:
+        service = reconciler(storage)
+        for _ in range(5):
+            service.requeue("iris", "ml")
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.5)
+        service.close()
+
+    run(scenario())
+    assert storage.model_deployment_reads == 2
+
+
 def test_ready_again_after_a_resize_is_no_news_but_a_new_model_or_a_recovery_is() -> None:
     stable = {"uri": "s3://models/iris/1.skops", "version": "1"}
 
@@ -551,3 +570,32 @@ def test_a_rollback_whose_status_write_conflicts_is_not_lost_with_its_canary() -
     assert status["rejected"]["reason"] == "CanaryPodsFailing"
     assert "canary" not in status
     assert ("Deployment", "ml", "iris-canary") not in storage.objects
+
+
+def test_an_object_in_a_namespace_being_deleted_is_left_alone() -> None:
+    # Before: every reconcile of the 250 ModelDeployments of a namespace being deleted failed (the
+    # API server refuses new children there), and each failure was retried and reported.
+    storage = MemoryStorage()
+    model_deployment(storage, SPEC)
+
+    def terminating(operation: str, phase: str) -> None:
+        if operation in ("apply", "post_event") and phase == "before":
+            raise KubernetesError(
+                'apply Deployment iris-stable: deployments.apps "iris-stable" is forbidden: unable to create'
+                " new content in namespace ml because it is being terminated",
+                status=403,
+                causes=("NamespaceTerminating",),
+            )
+
+    storage.interpose = terminating
+
+    async def scenario() -> bool:
+        service = reconciler(storage)
+        await service.reconcile_key("iris", "ml")
+        retry_waiting = bool(service._queue._timers)
+        service.close()
+        return retry_waiting
+
+    assert run(scenario()) is False
+    assert storage.writes == []  # no ReconcileFailed status
+    assert storage.events == []
