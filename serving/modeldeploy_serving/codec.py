@@ -312,6 +312,8 @@ def json_values(array: npt.NDArray[Any]) -> list[Any]:
     if array.dtype.kind in "USO" and array.size:
         array = np.vectorize(str, otypes=[object])(array)
     _check_finite("predictions", array, "check its values")
+    if array.ndim == 1:
+        return list_in_pieces(array)
     result: list[Any] = array.tolist()
     return result
 
@@ -379,17 +381,23 @@ def rows_from_instances(instances: Any, feature_names: Sequence[str] | None) -> 
         array[:] = instances
         return array
     integers = [item for item in flat if type(item) is int]
-    if integers and (
-        min(integers) < -(2**63)
-        or max(integers) > 2**64 - 1
-        or (max(integers) > 2**63 - 1 and min(integers) < 0)
-    ):
+    smallest, largest = (_smallest(integers), _largest(integers)) if integers else (0, 0)
+    if smallest < -(2**63) or largest > 2**64 - 1 or (largest > 2**63 - 1 and smallest < 0):
         raise InvalidInput("an integer is out of the 64-bit range (INT64, or UINT64 when none is negative)")
     if integers and len(integers) == len(flat):
         # Only integers: the same dtypes as V2's INT64 and UINT64 (numpy would pick float64 for
         # values beyond INT64 and lose their precision).
-        return np.array(instances, dtype=np.uint64 if max(integers) > 2**63 - 1 else np.int64)
-    return np.asarray(instances)
+        return _rows_in_pieces(instances, np.dtype(np.uint64 if largest > 2**63 - 1 else np.int64))
+    return _rows_in_pieces(instances, None)
+
+
+def _rows_in_pieces(rows: list[list[Any]], dtype: np.dtype[Any] | None) -> npt.NDArray[Any]:
+    """`np.asarray(rows, dtype)`, converted some rows at a time. Without a dtype each piece's
+    is inferred and concatenating promotes them as numpy would have for all the rows at once
+    (the integers' range is checked before, so no piece mixes negative and unsigned 64-bit)."""
+    step = max(1, PIECE_ELEMENTS // max(1, len(rows[0])))
+    pieces = [np.asarray(rows[start : start + step], dtype=dtype) for start in range(0, len(rows), step)]
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
 
 def rows_from_named_columns(columns: dict[str, Any], feature_names: Sequence[str] | None) -> npt.NDArray[Any]:

@@ -6,6 +6,8 @@ the loop's system calls (epoll, recv, send) waits again. Nearly all of a large i
 is its tensors' data, long arrays of numbers; such an array is cut at its own top-level commas
 into pieces of about `PIECE_BYTES` that are parsed one at a time, and the rest of the body (the
 skeleton, with a placeholder for each array) in one go. Between pieces other threads run.
+Large answers are encoded (`dumps`) and freed (`release`) in pieces for the same reason.
+Bodies with no such array (long strings), with a backslash, or malformed are parsed whole.
 
 Pure functions of bytes; the result is what `orjson.loads(body)` gives, and so are the errors
 (malformed bodies are parsed again whole, for orjson's own message).
@@ -29,7 +31,7 @@ PIECE_BYTES = 256 * 1024
 _ARRAY_TEXT = np.zeros(256, dtype=np.bool_)
 _ARRAY_TEXT[np.frombuffer(b"0123456789.eE+-,[] \t\r\ntruefalsnul", dtype=np.uint8)] = True
 
-_OPEN, _CLOSE, _COMMA, _QUOTE = (ord(char) for char in '[],"')
+_OPEN, _CLOSE, _COMMA = (ord(char) for char in "[],")
 # A placeholder for an array parsed apart. It is a JSON string holding a NUL character, which
 # in JSON text must be written escaped; bodies with any backslash are parsed whole, so no
 # string of theirs can be mistaken for a placeholder.
