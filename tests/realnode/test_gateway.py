@@ -410,8 +410,7 @@ def _answers_through_gateway(real_cluster: RealCluster, url: str) -> bool:
         "c.request('POST', p.path, sys.argv[2], {'Content-Type': 'application/json'})\n"
         "sys.exit(0 if c.getresponse().status == 200 else 1)\n"
     )
-    # One payload: the gateway test judges the split, not a model that fails one class.
-    payload = json.dumps(v2_inference_payloads()[:1])
+    payload = json.dumps(v2_inference_payloads()[0])
     result = subprocess.run(
         real_cluster.in_netns(sys.executable, "-c", script, url, payload),
         capture_output=True,
