@@ -1,6 +1,7 @@
 """Large bodies parsed and encoded in pieces, the extensions the server lists, and outputs that
 JSON cannot carry."""
 
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -173,3 +174,13 @@ def test_non_finite_outputs_go_as_binary_and_are_a_clear_client_error_in_json(
     values = np.frombuffer(as_binary.content[split:], dtype="<f8")
     assert values.size == 2
     assert not np.isfinite(values).any()
+
+
+def test_loading_freezes_the_objects_that_live_as_long_as_the_process(iris_skops_dir: Path) -> None:
+    """So that the full collections large bodies set off do not walk them holding the GIL."""
+    gc.unfreeze()
+    try:
+        DataPlane(make_settings(iris_skops_dir)).load()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
