@@ -82,7 +82,7 @@ PRE_STOP_SLEEP_SECONDS = 5
 # request at that moment got a broken pipe (one in about 2,300 requests on the real node). A
 # client that sends anything within the window is told to leave instead.
 SERVER_KEEP_ALIVE_FAREWELL_SECONDS = 2
-# A server process may take this long (period × failures: 3 min) to start listening before the
+# A server process may take this long (period times failures: 3 min) to start listening before the
 # kubelet restarts it; the model itself loads after that, reported by readiness, not liveness.
 STARTUP_PROBE_PERIOD_SECONDS = 2
 STARTUP_PROBE_FAILURES = 90

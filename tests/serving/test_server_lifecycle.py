@@ -96,9 +96,10 @@ def test_sigterm_drains_without_a_failed_request_and_exits_0(iris_skops_dir: Pat
         pending.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: server\r\n\r\n")
         server.process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
-        ready_codes = []
-        while time.monotonic() - signalled < 1.0:
-            ready_codes.append(httpx.get(f"{server.url}/v2/health/ready", timeout=5).status_code)
+        ready_codes: list[tuple[float, int]] = []
+        while time.monotonic() - signalled < 2.0:
+            code = httpx.get(f"{server.url}/v2/health/ready", timeout=5).status_code
+            ready_codes.append((time.monotonic() - signalled, code))
             time.sleep(0.1)
         live = httpx.get(f"{server.url}/v2/health/live", timeout=5).status_code
         v1_status = httpx.get(f"{server.url}/v1/models/iris", timeout=5)
@@ -112,8 +113,11 @@ def test_sigterm_drains_without_a_failed_request_and_exits_0(iris_skops_dir: Pat
     assert pending.recv(4096).startswith(b"HTTP/1.1 200")
     pending.close()
     assert load.failures == []
-    assert ready_codes[-1] == 400, ready_codes
-    assert ready_codes.count(200) <= 1, ready_codes  # at most the one probe racing the signal
+    # uvicorn's worker supervisor looks at its signals every 0.5 s and the workers at its marker
+    # every 0.1 s: under load a few probes in the first second may still see "ready" (the
+    # kubelet probes every 5 s), none after it.
+    after_a_second = [code for moment, code in ready_codes if moment >= 1.0]
+    assert after_a_second and set(after_a_second) == {400}, ready_codes
     assert live == 200
     assert v1_status.status_code == 200 and v1_status.json()["ready"] is False
     assert v1_status.headers["connection"] == "close"
