@@ -219,19 +219,31 @@ class Load:
         return [json.loads(line) for line in self.output.read_text().splitlines()]
 
 
+def _canary_answers(window: Window, requests: list[dict[str, Any]], client: str) -> tuple[int, int]:
+    """Of the window's answers to one kind of client, how many a canary pod gave, and how many in all.
+
+    A canary answer is a model version the stable pods do not serve, or the bad model's 500.
+    """
+    answered = [
+        r
+        for r in requests
+        if window.started <= r["t"] < window.ended
+        and r["client"] == client
+        and r["outcome"] in CLIENT_FAILURES_ALLOWED
+    ]
+    canary = [
+        r for r in answered if r["outcome"] == "http 500" or r["version"] not in window.by_version_stable
+    ]
+    return len(canary), len(answered)
+
+
 def _report(name: str, windows: list[Window], requests: list[dict[str, Any]]) -> None:
     span = requests[-1]["t"] - requests[0]["t"] if requests else 0.0
     print(f"\n{name}: {len(requests)} requests to the ClusterIP in {span:.0f}s")
     for window in windows:
-        answered = [r for r in requests if window.started <= r["t"] < window.ended]
-        # What each kind of client got from the canary (its model version, or the bad model's 500s).
-        by_client = {}
-        for kind in ("keepalive", "new"):
-            mine = [r for r in answered if r["client"] == kind and r["outcome"] in CLIENT_FAILURES_ALLOWED]
-            canary = [
-                r for r in mine if r["outcome"] == "http 500" or r["version"] not in window.by_version_stable
-            ]
-            by_client[kind] = f"{len(canary)}/{len(mine)}"
+        by_client = {
+            kind: "{}/{}".format(*_canary_answers(window, requests, kind)) for kind in ("keepalive", "new")
+        }
         print(
             f"  {window.name}: effectiveWeight {window.effective_weight:.1f}%, canary pods answered "
             f"{window.by_variant.get('canary', 0)} of {sum(window.by_variant.values())} = "
@@ -243,29 +255,12 @@ def _report(name: str, windows: list[Window], requests: list[dict[str, Any]]) ->
     print(f"  outcomes: {outcomes}")
 
 
-def _canary_share_of_new_connections(window: Window, requests: list[dict[str, Any]]) -> tuple[float, int]:
-    """The share of the window's one-request connections that a canary pod answered, and their count.
-
-    A canary answer is a model version the stable pods do not serve, or the bad model's 500.
-    """
-    answered = [
-        r
-        for r in requests
-        if window.started <= r["t"] < window.ended
-        and r["client"] == "new"
-        and r["outcome"] in CLIENT_FAILURES_ALLOWED
-    ]
-    canary = [
-        r for r in answered if r["outcome"] == "http 500" or r["version"] not in window.by_version_stable
-    ]
-    return (len(canary) / len(answered) if answered else 0.0), len(answered)
-
-
 def _assert_split(windows: list[Window], requests: list[dict[str, Any]]) -> None:
     for window in windows:
         assert sum(window.by_variant.values()) >= MIN_REQUESTS_PER_WINDOW, window
-        share, count = _canary_share_of_new_connections(window, requests)
+        canary, count = _canary_answers(window, requests, "new")
         assert count >= MIN_NEW_CONNECTIONS_PER_WINDOW, (window, count)
+        share = canary / count
         assert abs(share - window.effective_weight / 100) <= TOLERANCE, (window, share, count)
 
 
