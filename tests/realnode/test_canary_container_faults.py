@@ -114,8 +114,9 @@ def test_a_killed_and_a_restarted_canary_container_each_restart_the_window_and_t
         hit = time.time()
         real_cluster.node.restart("kubelet")
         kubelet_back = time.time()
-        after = _server_container(_canary_pod(observer))
-        assert _canary_pod(observer)["metadata"]["name"] == pod["metadata"]["name"]
+        pod_after = _canary_pod(observer)
+        after = _server_container(pod_after)
+        assert pod_after["metadata"]["name"] == pod["metadata"]["name"]
         assert (after["containerID"], after["restartCount"]) == (
             before["containerID"],
             before["restartCount"],
