@@ -76,18 +76,22 @@ def decode_tensor(name: str, datatype: str, shape: Sequence[int], data: Any) -> 
         return data.reshape(tuple(shape))
     if not isinstance(data, list):
         raise InvalidInput(f"input '{name}': data must be a JSON array")
-    data_shape, flat = flatten(name, data)
+    data_shape, flat, types = flatten(name, data)
     if tuple(data_shape) != tuple(shape) and (len(data_shape) != 1 or len(flat) != expected_size):
         raise InvalidInput(
             f"input '{name}': data has shape {data_shape} ({len(flat)} elements) "
             f"but the declared shape {list(shape)} needs {expected_size} elements"
         )
-    array = _bytes_array(name, flat) if datatype == "BYTES" else _numeric_array(name, datatype, dtype, flat)
+    if datatype == "BYTES":
+        array = _bytes_array(name, flat)
+    else:
+        array = _numeric_array(name, datatype, dtype, flat, types)
     return array.reshape(tuple(shape))
 
 
-def flatten(name: str, data: list[Any]) -> tuple[list[int], list[Any]]:
-    """The shape of nested lists and their leaves in row-major order; InvalidInput if ragged.
+def flatten(name: str, data: list[Any]) -> tuple[list[int], list[Any], set[type]]:
+    """The shape of nested lists, their leaves in row-major order and the leaves' exact types;
+    InvalidInput if ragged.
 
     Walking the lists ourselves (instead of letting numpy infer a dtype) keeps memory bounded:
     numpy turns one long string among many numbers into a fixed-width unicode array whose every
@@ -111,22 +115,27 @@ def flatten(name: str, data: list[Any]) -> tuple[list[int], list[Any]]:
                 raise InvalidInput(f"input '{name}': data is ragged (nested lists of different lengths)")
             next_flat.extend(item)
         flat = next_flat
-    if not _types_in(flat).isdisjoint((list, dict)):
+    types = _types_in(flat)
+    if not types.isdisjoint((list, dict)):
         raise InvalidInput(f"input '{name}': data is ragged (nested lists of different lengths)")
-    return shape, flat
+    return shape, flat, types
 
 
-def _numeric_array(name: str, datatype: str, dtype: np.dtype[Any], flat: list[Any]) -> npt.NDArray[Any]:
+def _numeric_array(
+    name: str, datatype: str, dtype: np.dtype[Any], flat: list[Any], types: set[type]
+) -> npt.NDArray[Any]:
+    """`flat` as an array of `dtype`; `types` are its values' exact types (`_types_in`)."""
     if dtype.kind == "b":
-        _require_kinds(name, datatype, flat, (bool,))
+        _require_kinds(name, datatype, flat, types, (bool,))
         return array_in_pieces(flat, dtype)
     if dtype.kind in "ui":
-        _require_kinds(name, datatype, flat, (int,))
+        _require_kinds(name, datatype, flat, types, (int,))
         limits = np.iinfo(dtype)
-        if flat and (_smallest(flat) < limits.min or _largest(flat) > limits.max):
+        smallest, largest = _value_range(flat)
+        if flat and (smallest < limits.min or largest > limits.max):
             raise InvalidInput(f"input '{name}': a value is out of range for {datatype}")
         return array_in_pieces(flat, dtype)
-    _require_kinds(name, datatype, flat, (int, float))
+    _require_kinds(name, datatype, flat, types, (int, float))
     try:
         wide = array_in_pieces(flat, np.dtype(np.float64))
     except OverflowError:
@@ -170,18 +179,20 @@ def _types_in(flat: list[Any]) -> set[type]:
     return types
 
 
-def _smallest(flat: list[Any]) -> Any:
-    return min(min(flat[start : start + PIECE_ELEMENTS]) for start in range(0, len(flat), PIECE_ELEMENTS))
+def _value_range(flat: list[Any]) -> tuple[Any, Any]:
+    """The smallest and largest of `flat`'s values, found a piece at a time; (0, 0) if it is empty."""
+    pieces = [flat[start : start + PIECE_ELEMENTS] for start in range(0, len(flat), PIECE_ELEMENTS)]
+    if not pieces:
+        return 0, 0
+    return min(min(piece) for piece in pieces), max(max(piece) for piece in pieces)
 
 
-def _largest(flat: list[Any]) -> Any:
-    return max(max(flat[start : start + PIECE_ELEMENTS]) for start in range(0, len(flat), PIECE_ELEMENTS))
-
-
-def _require_kinds(name: str, datatype: str, flat: list[Any], kinds: tuple[type, ...]) -> None:
+def _require_kinds(
+    name: str, datatype: str, flat: list[Any], types: set[type], kinds: tuple[type, ...]
+) -> None:
     """InvalidInput naming the first value whose exact type is not one of `kinds` (bool is
-    not taken for an integer, nor a number for a boolean)."""
-    if _types_in(flat).issubset(kinds):
+    not taken for an integer, nor a number for a boolean); `types` are the values' exact types."""
+    if types.issubset(kinds):
         return
     for item in flat:
         if type(item) not in kinds:
@@ -381,7 +392,7 @@ def rows_from_instances(instances: Any, feature_names: Sequence[str] | None) -> 
         array[:] = instances
         return array
     integers = [item for item in flat if type(item) is int]
-    smallest, largest = (_smallest(integers), _largest(integers)) if integers else (0, 0)
+    smallest, largest = _value_range(integers)
     if smallest < -(2**63) or largest > 2**64 - 1 or (largest > 2**63 - 1 and smallest < 0):
         raise InvalidInput("an integer is out of the 64-bit range (INT64, or UINT64 when none is negative)")
     if integers and len(integers) == len(flat):
