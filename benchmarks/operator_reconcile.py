@@ -110,14 +110,14 @@ class Bench:
         self.fresh_namespace(namespace)
         started = time.monotonic()
         self.create([c for i in range(count) for c in reference_children(f"ref-{i}", namespace)])
-        while True:
-            available = self.count_rows("deployments", namespace, lambda row: int(row[3]) >= 1)
-            if available == count:
-                elapsed = time.monotonic() - started
-                break
-            if time.monotonic() - started > 1800:
-                raise RuntimeError(f"only {available} of {count} reference Deployments became available")
-            time.sleep(POLL_SECONDS)
+        elapsed = self.until_rows(
+            "deployments",
+            namespace,
+            lambda row: int(row[3]) >= 1,
+            count,
+            started,
+            "reference Deployments available",
+        )
         print(f"reference: {count} servers available in {elapsed:.1f} s", file=sys.stderr, flush=True)
         # Out of the way before the operator's turn: the node and the controllers carry only one load.
         self.delete_namespace(namespace)
@@ -133,6 +133,24 @@ class Bench:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"namespace {namespace} was not deleted within 30 minutes")
             time.sleep(2)
+
+    def until_rows(
+        self,
+        resource: str,
+        namespace: str,
+        counts: Callable[[list[str]], bool],
+        count: int,
+        started: float,
+        what: str,
+    ) -> float:
+        """Seconds from `started` until `count` rows satisfy `counts` (at most 30 minutes)."""
+        while True:
+            found = self.count_rows(resource, namespace, counts)
+            if found == count:
+                return time.monotonic() - started
+            if time.monotonic() - started > 1800:
+                raise RuntimeError(f"only {found} of {count} {what} within 30 minutes")
+            time.sleep(POLL_SECONDS)
 
     def count_rows(self, resource: str, namespace: str, counts: Callable[[list[str]], bool]) -> int:
         """How many rows of `kubectl get` (the API server's own table, not whole objects: polling
@@ -178,16 +196,12 @@ class Bench:
         self.fresh_namespace(namespace)
         started = time.monotonic()
         self.create([model_deployment(f"burst-{index}", namespace) for index in range(count)])
-        while True:
-            # The Ready column (empty until there is a status: the next column moves left, and it never reads True).
-            ready = self.count_rows("modeldeployments", namespace, lambda row: row[1] == "True")
-            if ready == count:
-                elapsed = time.monotonic() - started
-                print(f"operator: {count} Ready in {elapsed:.1f} s", file=sys.stderr, flush=True)
-                return elapsed
-            if time.monotonic() - started > 1800:
-                raise RuntimeError(f"only {ready} of {count} became Ready")
-            time.sleep(POLL_SECONDS)
+        # The Ready column (empty until there is a status: the next column moves left, and it never reads True).
+        elapsed = self.until_rows(
+            "modeldeployments", namespace, lambda row: row[1] == "True", count, started, "Ready"
+        )
+        print(f"operator: {count} Ready in {elapsed:.1f} s", file=sys.stderr, flush=True)
+        return elapsed
 
     def operator_writes(self) -> dict[str, Any]:
         """What the operator last wrote: each ModelDeployment's resourceVersion (only the user and the
