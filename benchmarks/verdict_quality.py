@@ -22,8 +22,9 @@ import statistics
 import sys
 import time
 import typing
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -119,6 +120,8 @@ class Cell:
     rolled_back: float
     promoted: float
     median_seconds: float
+    blamed: Counter[str] = field(default_factory=Counter)
+    """How many rollbacks each check caused."""
     problem: str = ""
 
 
@@ -137,6 +140,9 @@ def run_cell(scenario: Scenario, index: int, window: int, method: str | None, ro
         rolled_back=sum(outcome.outcome == "rolledBack" for outcome in outcomes) / rollouts,
         promoted=sum(outcome.outcome == "promoted" for outcome in outcomes) / rollouts,
         median_seconds=statistics.median(outcome.seconds for outcome in outcomes),
+        blamed=Counter(
+            name for outcome in outcomes if outcome.outcome == "rolledBack" for name in outcome.blamed
+        ),
     )
 
 
@@ -146,15 +152,24 @@ def _describe(cell: Cell) -> str:
     return f"{cell.rolled_back:.1%} / {cell.promoted:.1%} / {cell.median_seconds / 60:g} min"
 
 
+def _causes(cell: Cell) -> str:
+    if not cell.blamed:
+        return "-"
+    total = sum(cell.blamed.values())
+    return ", ".join(f"{name} {count / total:.0%}" for name, count in cell.blamed.most_common(2))
+
+
 def table(rows: Sequence[tuple[Scenario, str, dict[int, Cell]]]) -> str:
     """A Markdown table: scenario, truth, method, then rolled back / promoted / median time per window."""
     header = "| scenario | truth | rules | " + " | ".join(
         f"{window // 60}-min windows: rolled back / promoted / median time" for window in WINDOWS
     )
-    lines = [header + " |", "|" + "---|" * (3 + len(WINDOWS))]
+    header += " | rolled back by (" + "; ".join(f"{window // 60} min" for window in WINDOWS) + ")"
+    lines = [header + " |", "|" + "---|" * (4 + len(WINDOWS))]
     for scenario, rules, cells in rows:
         values = " | ".join(_describe(cells[window]) for window in WINDOWS)
-        lines.append(f"| {scenario.name} | {scenario.truth} | {rules} | {values} |")
+        causes = "; ".join(_causes(cells[window]) for window in WINDOWS)
+        lines.append(f"| {scenario.name} | {scenario.truth} | {rules} | {values} | {causes} |")
     return "\n".join(lines)
 
 

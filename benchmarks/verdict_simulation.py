@@ -317,6 +317,8 @@ class Outcome:
     reason: str
     seconds: float
     """From the rollout's start to its end."""
+    blamed: tuple[str, ...] = ()
+    """The checks of the last analysis that did not pass (failed, or inconclusive without a failure)."""
 
 
 def rollout_spec(step_seconds: int, overrides: Mapping[str, Any] | None = None) -> ModelDeploymentSpec:
@@ -355,6 +357,7 @@ def simulate_rollout(
     status = decide(spec, _stable_status(), _START).status
     now = _START
     analysis = spec.rollout.analysis
+    step: StepAnalysis | None = None
     while status.canary is not None:
         where = placement(spec, status)
         share = 0.0 if where is None else where.effective_weight / 100
@@ -365,7 +368,7 @@ def simulate_rollout(
         simulation.run((later - _START).total_seconds(), share)
         now = later
         window = analysis_window(spec, status, now)
-        step: StepAnalysis | None = None
+        step = None
         if window is not None:
             plan = plan_analysis(_NAME, _NAMESPACE, analysis, window.duration)
             at = (window.end - _START).total_seconds()
@@ -379,4 +382,12 @@ def simulate_rollout(
         if (now - _START).total_seconds() > limit_seconds:
             raise RuntimeError("the simulated rollout did not end")
     entry = status.history[0]
-    return Outcome(entry.outcome, entry.reason or "", (entry.finished_at - entry.started_at).total_seconds())
+    checks = () if step is None else step.checks
+    # Too few samples make every check inconclusive: the count is to blame, not the others.
+    inconclusive = tuple(check.name for check in checks if check.verdict == "inconclusive")
+    blamed = tuple(check.name for check in checks if check.verdict == "fail") or (
+        (SAMPLES,) if SAMPLES in inconclusive else inconclusive
+    )
+    return Outcome(
+        entry.outcome, entry.reason or "", (entry.finished_at - entry.started_at).total_seconds(), blamed
+    )
