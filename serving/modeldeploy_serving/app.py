@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from modeldeploy_serving.dataplane import SERVER_VERSION, DataPlane, WorkerGroup
 from modeldeploy_serving.errors import ServingError
 from modeldeploy_serving.fastpath import FastPath
-from modeldeploy_serving.metrics import ServerMetrics
+from modeldeploy_serving.metrics import FLUSH_SECONDS, ServerMetrics
 from modeldeploy_serving.protocol import InferenceRequest, V1PredictRequest, describe_validation_errors
 from modeldeploy_serving.routes import classify_path
 from modeldeploy_serving.settings import ServerSettings
@@ -87,10 +87,13 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await plane.start()
         loading = asyncio.create_task(_load(plane, server_state)) if load_model else None
+        flushing = asyncio.create_task(_flush_periodically(metrics))
         yield
         if loading is not None:
             loading.cancel()
+        flushing.cancel()
         await plane.stop()
+        metrics.flush()
 
     app = ModelServerApp(
         title="modeldeploy model server",
@@ -101,8 +104,15 @@ def create_app(
     app.fast_path = FastPath(plane, metrics, settings)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, max_body_bytes=settings.max_request_bytes)
     _add_error_handlers(app)
-    _add_routes(app, plane, exposition_registry if exposition_registry is not None else registry)
+    _add_routes(app, plane, metrics, exposition_registry if exposition_registry is not None else registry)
     return app
+
+
+async def _flush_periodically(metrics: ServerMetrics) -> None:
+    # With several workers a scrape reads every worker's files, not this worker's tallies.
+    while True:
+        await asyncio.sleep(FLUSH_SECONDS)
+        metrics.flush()
 
 
 async def _load(plane: DataPlane, state: ServerState) -> None:
@@ -119,7 +129,7 @@ def _signal_shutdown() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _add_routes(app: FastAPI, plane: DataPlane, registry: CollectorRegistry) -> None:
+def _add_routes(app: FastAPI, plane: DataPlane, metrics: ServerMetrics, registry: CollectorRegistry) -> None:
     def health(ok: bool) -> Response:
         # The V2 protocol: 200 means true, a 4xx means false, and the body is empty.
         return Response(status_code=200 if ok else 400)
@@ -175,7 +185,8 @@ def _add_routes(app: FastAPI, plane: DataPlane, registry: CollectorRegistry) -> 
         return JSONResponse(await plane.predict_v1(model_name, request))
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    async def exposition() -> Response:
+        metrics.flush()
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
