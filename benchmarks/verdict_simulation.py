@@ -241,6 +241,11 @@ def _sum(values: Sequence[float | None]) -> list[Sample]:
     return [Sample({}, float(sum(present)))] if present else []
 
 
+def _le(bound: float) -> str:
+    """A bucket's `le` label as Prometheus exposes it."""
+    return "+Inf" if math.isinf(bound) else f"{bound:g}"
+
+
 @dataclass
 class Simulation:
     """Both variants' servers behind one Prometheus."""
@@ -273,29 +278,43 @@ class Simulation:
         target = self.canary if variant == "canary" else self.stable
         increases = target.increases(at - seconds, at)
         buckets = increases[_BUCKETS : _BUCKETS + len(BUCKET_BOUNDS)]
-        if check == SAMPLES:
+        what = (check, *part)
+        if what == (SAMPLES,):
             return _sum(increases[_OK:_BUCKETS])
-        if check == ERROR_RATE:
+        if what == (ERROR_RATE,):
+            # (sum(increase(failed)) or vector(0)) / sum(increase(all))
             total = _sum(increases[_OK:_BUCKETS])
             if not total:
                 return []
-            failed = increases[_FAILED] or 0.0  # `or vector(0)`
+            failed = increases[_FAILED] or 0.0
             return [Sample({}, failed / total[0].value if total[0].value else math.nan)]
-        if check == LATENCY:
+        if what == (ERROR_RATE, "errors"):
+            # sum(increase(failed)) or vector(0)
+            return [Sample({}, increases[_FAILED] or 0.0)]
+        if what == (LATENCY,):
+            # histogram_quantile(q, sum by (le) (rate(buckets)))
             present = [
                 (le, value / seconds)
                 for le, value in zip(BUCKET_BOUNDS, buckets, strict=True)
                 if value is not None
             ]
             return [Sample({}, histogram_quantile(quantile, present))] if present else []
-        if check == PREDICTION_SHIFT and part == ["classes"]:
+        if what == (LATENCY, "buckets"):
+            # sum by (le) (increase(buckets))
+            return [
+                Sample({"le": _le(le)}, value)
+                for le, value in zip(BUCKET_BOUNDS, buckets, strict=True)
+                if value is not None
+            ]
+        if what == (PREDICTION_SHIFT, "classes"):
+            # sum by (class) (increase(classes))
             classes = increases[_BUCKETS + len(BUCKET_BOUNDS) :]
             return [
                 Sample({LABEL_CLASS: str(index)}, value)
                 for index, value in enumerate(classes)
                 if value is not None
             ]
-        if check == PREDICTION_SHIFT and part == ["values"]:
+        if what == (PREDICTION_SHIFT, "values"):
             return []  # a classifier fills no value histogram
         raise UnknownQuery(key, query)
 

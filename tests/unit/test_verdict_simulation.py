@@ -112,6 +112,20 @@ def test_latency_and_classes_are_answered_from_the_buckets_and_class_counters() 
     assert sorted(series.labels["class"] for series in classes) == ["0", "1"]
 
 
+def test_failed_requests_and_buckets_are_answered_as_counts() -> None:
+    simulation = _served(Behaviour(0.2, Latency(0.05), CLASSES))
+    errors = simulation.answer("errorRate/errors/canary", "", 600.0, 300.0, 0.99)
+    assert isinstance(errors, list)
+    assert errors[0].value == pytest.approx(300.0, rel=0.2)
+    assert _served().answer("errorRate/errors/canary", "", 600.0, 300.0, 0.99) == [Sample({}, 0.0)]
+    buckets = simulation.answer("latency/buckets/stable", "", 600.0, 300.0, 0.99)
+    assert isinstance(buckets, list)
+    by_bound = {series.labels["le"]: series.value for series in buckets}
+    assert len(by_bound) == len(LATENCY_BUCKETS) + 1
+    assert by_bound["+Inf"] == pytest.approx(1500.0, rel=0.1)
+    assert by_bound["0.05"] == pytest.approx(by_bound["+Inf"] / 2, rel=0.15)
+
+
 def test_a_query_the_simulation_does_not_know_is_refused() -> None:
     with pytest.raises(UnknownQuery):
         _served().answer("somethingNew/canary", "up", 600.0, 300.0, 0.99)
