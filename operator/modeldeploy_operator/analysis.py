@@ -16,6 +16,10 @@ PSI = Σ (c_i - s_i) · ln(c_i / s_i) over the categories i, where c_i and s_i a
 shares of the canary's and the stable model's predictions in category i, each floored
 at `PSI_SHARE_FLOOR` so a category only one model predicted counts as a large, finite
 shift. Rules of thumb: below 0.1 little shift, above 0.25 a large one.
+
+With `method: statistical` the built-in checks query counts instead of ratios (failed and all
+requests, the latency histogram's buckets, the prediction counts of both variants) and judge them with
+the tests of `verdicts`, each at its share of the rollout's `falseRollbackRate` (`AnalysisPlan.alpha`).
 """
 
 from __future__ import annotations
@@ -40,8 +44,10 @@ from modeldeploy_serving.metric_names import (
     REQUESTS_TOTAL,
 )
 
+from . import verdicts
 from .builders import Variant
 from .spec import ERROR_RATE, LATENCY, PREDICTION_SHIFT, SAMPLES, Analysis, CheckResult
+from .verdicts import Histogram, TestOutcome
 
 __all__ = [
     "PREDICTION_ENDPOINTS",
@@ -104,6 +110,9 @@ class AnalysisPlan:
     analysis: Analysis
     window: timedelta
     queries: Mapping[str, str] = field(default_factory=dict)
+    alpha: float | None = None
+    """With method statistical: the level of each test of this window, the rollout's falseRollbackRate
+    split over its windows and this window's tests."""
 
 
 def _window(window: timedelta) -> str:
@@ -147,6 +156,17 @@ def _latency_query(name: str, namespace: str, variant: Variant, window: str, qua
     return f"histogram_quantile({quantile:g}, sum by (le) (rate({buckets}{window})))"
 
 
+def _errors_query(name: str, namespace: str, variant: Variant, window: str) -> str:
+    failed = _selector(name, namespace, variant, requests=True, extra=f'{LABEL_CODE}=~"5.."')
+    # Without a single failure there is no 5xx series at all; that is a count of 0, not missing data.
+    return f"sum(increase({REQUESTS_TOTAL}{failed}{window})) or vector(0)"
+
+
+def _latency_buckets_query(name: str, namespace: str, variant: Variant, window: str) -> str:
+    buckets = f"{REQUEST_DURATION_SECONDS}_bucket{_selector(name, namespace, variant, requests=True)}"
+    return f"sum by (le) (increase({buckets}{window}))"
+
+
 def _classes_query(name: str, namespace: str, variant: Variant, window: str) -> str:
     selector = _selector(name, namespace, variant)
     return f"sum by ({LABEL_CLASS}) (increase({PREDICTION_CLASS_TOTAL}{selector}{window}))"
@@ -185,13 +205,35 @@ def _custom_key(name: str) -> str:
 def plan_analysis(name: str, namespace: str, analysis: Analysis, window: timedelta) -> AnalysisPlan:
     """The queries for one window of the ModelDeployment `name` in `namespace`.
 
-    The request counts of both variants are always queried; the stable model's value of a
-    check only where the check compares with it.
+    The request counts of both variants are always queried. The threshold method queries the stable
+    model's value of a check only where the check compares with it; the statistical method queries
+    both variants' counts, which every one of its tests compares.
     """
     span = _window(window)
     queries: dict[str, str] = {}
     for variant in _VARIANTS:
         queries[_key(SAMPLES, variant)] = _samples_query(name, namespace, variant, span)
+    alpha = None
+    if analysis.method == "statistical":
+        _plan_counts(queries, name, namespace, analysis, span)
+        alpha = verdicts.per_test_alpha(analysis.false_rollback_rate, analysis.windows, _tests(analysis))
+    else:
+        _plan_ratios(queries, name, namespace, analysis, span)
+    if analysis.prediction_shift.enabled:
+        for variant in _VARIANTS:
+            queries[_key(PREDICTION_SHIFT, variant, "classes")] = _classes_query(
+                name, namespace, variant, span
+            )
+            queries[_key(PREDICTION_SHIFT, variant, "values")] = _values_query(name, namespace, variant, span)
+    for check in analysis.custom:
+        queries[_custom_key(check.name)] = render_custom_query(
+            check.query, name=name, namespace=namespace, variant="canary", window=window
+        )
+    return AnalysisPlan(analysis=analysis, window=window, queries=queries, alpha=alpha)
+
+
+def _plan_ratios(queries: dict[str, str], name: str, namespace: str, analysis: Analysis, span: str) -> None:
+    """The threshold method's queries: the error rates and latency quantiles themselves."""
     error_rate = analysis.error_rate
     if error_rate.enabled and (error_rate.max_ratio is not None or error_rate.max_increase is not None):
         queries[_key(ERROR_RATE, "canary")] = _error_rate_query(name, namespace, "canary", span)
@@ -204,17 +246,29 @@ def plan_analysis(name: str, namespace: str, analysis: Analysis, window: timedel
             queries[_key(LATENCY, "stable")] = _latency_query(
                 name, namespace, "stable", span, latency.quantile
             )
-    if analysis.prediction_shift.enabled:
-        for variant in _VARIANTS:
-            queries[_key(PREDICTION_SHIFT, variant, "classes")] = _classes_query(
+
+
+def _plan_counts(queries: dict[str, str], name: str, namespace: str, analysis: Analysis, span: str) -> None:
+    """The statistical method's queries: failed requests and latency buckets of both variants (the
+    requests themselves are the samples queries)."""
+    for variant in _VARIANTS:
+        if analysis.error_rate.enabled:
+            queries[_key(ERROR_RATE, variant, "errors")] = _errors_query(name, namespace, variant, span)
+        if analysis.latency.enabled:
+            queries[_key(LATENCY, variant, "buckets")] = _latency_buckets_query(
                 name, namespace, variant, span
             )
-            queries[_key(PREDICTION_SHIFT, variant, "values")] = _values_query(name, namespace, variant, span)
-    for check in analysis.custom:
-        queries[_custom_key(check.name)] = render_custom_query(
-            check.query, name=name, namespace=namespace, variant="canary", window=window
-        )
-    return AnalysisPlan(analysis=analysis, window=window, queries=queries)
+
+
+def _tests(analysis: Analysis) -> int:
+    """How many tests one window of the statistical method runs, to split its error rate over them."""
+    error_rate, latency = analysis.error_rate, analysis.latency
+    count = 0
+    if error_rate.enabled:
+        count += 1 + (error_rate.max_ratio is not None)
+    if latency.enabled:
+        count += (latency.max_seconds is not None) + 2 * (latency.max_increase_ratio is not None)
+    return count + analysis.prediction_shift.enabled
 
 
 @dataclass(frozen=True)
@@ -305,7 +359,21 @@ class _Judge:
         baseline_key: str = "",
         value: float | None = None,
         baseline: float | None = None,
+        outcome: TestOutcome | None = None,
     ) -> CheckResult:
+        statistics = (
+            {}
+            if outcome is None
+            else {
+                "test": outcome.test,
+                "effect": outcome.effect,
+                "effect_low": outcome.low,
+                "effect_high": outcome.high,
+                "tolerance": outcome.tolerance,
+                "p_value": outcome.p_value,
+                "alpha": outcome.alpha,
+            }
+        )
         return CheckResult(
             name=name,
             query=self.plan.queries.get(key, ""),
@@ -313,8 +381,10 @@ class _Judge:
             value=value,
             baseline=baseline,
             samples=self.counts.canary,
+            stable_samples=self.counts.stable,
             verdict=verdict,
             message=message,
+            **statistics,
         )
 
     def samples(self) -> CheckResult:
@@ -386,56 +456,200 @@ class _Judge:
             )
         return result("pass", f"canary {describe(canary.value)} is within bounds")
 
-    def prediction_shift(self) -> CheckResult:
-        key, baseline_key = (
-            _key(PREDICTION_SHIFT, "canary", "classes"),
-            _key(PREDICTION_SHIFT, "stable", "classes"),
-        )
-
-        def result(verdict: Verdict, message: str, value: float | None = None) -> CheckResult:
-            return self.result(
-                PREDICTION_SHIFT, verdict, message, key=key, baseline_key=baseline_key, value=value
-            )
-
+    def prediction_counts(self) -> _PredictionCounts | str:
+        """Both variants' predictions per class (classifiers) or per value bucket (regressors), or why
+        they cannot be compared."""
         samples_problem = self.counts.canary_problem() or self.counts.stable_problem()
         if samples_problem:
-            return result("inconclusive", samples_problem)
+            return samples_problem
         answers: dict[str, Sequence[Series]] = {}
         for variant in _VARIANTS:
             for part in ("classes", "values"):
                 answer = self.results.get(_key(PREDICTION_SHIFT, variant, part))
                 if answer is None:
-                    return result("inconclusive", f"{variant}: the query was not run")
+                    return f"{variant}: the query was not run"
                 if isinstance(answer, QueryFailure):
-                    return result("inconclusive", f"{variant}: {_describe_failure(answer)}")
+                    return f"{variant}: {_describe_failure(answer)}"
                 answers[f"{variant}/{part}"] = answer
         canary_classes, stable_classes = (
             _class_counts(answers["canary/classes"]),
             _class_counts(answers["stable/classes"]),
         )
-        canary_values, stable_values = (
-            _bucket_counts(answers["canary/values"]),
-            _bucket_counts(answers["stable/values"]),
-        )
         # Classifiers count classes, regressors fill the value histogram; a model does one or the other.
         if _total(canary_classes) > 0 or _total(stable_classes) > 0:
-            kind, canary_counts, stable_counts = "classes", canary_classes, stable_classes
+            counts = _PredictionCounts("classes", "classes", canary_classes, stable_classes)
         else:
-            kind, canary_counts, stable_counts = "predicted values", canary_values, stable_values
-            key, baseline_key = (
-                _key(PREDICTION_SHIFT, "canary", "values"),
-                _key(PREDICTION_SHIFT, "stable", "values"),
+            counts = _PredictionCounts(
+                "predicted values",
+                "values",
+                _bucket_counts(answers["canary/values"]),
+                _bucket_counts(answers["stable/values"]),
             )
-        for variant, counts in (("canary", canary_counts), ("stable model", stable_counts)):
-            if _total(counts) <= 0:
-                return result("inconclusive", f"no data: the {variant} recorded no predictions in the window")
-        shift = population_stability_index(canary_counts, stable_counts)
+        for variant, variant_counts in (("canary", counts.canary), ("stable model", counts.stable)):
+            if _total(variant_counts) <= 0:
+                return f"no data: the {variant} recorded no predictions in the window"
+        return counts
+
+    def prediction_shift(self) -> CheckResult:
+        counts = self.prediction_counts()
+        part = counts.part if isinstance(counts, _PredictionCounts) else "classes"
+        key, baseline_key = _key(PREDICTION_SHIFT, "canary", part), _key(PREDICTION_SHIFT, "stable", part)
+
+        def result(
+            verdict: Verdict, message: str, value: float | None = None, outcome: TestOutcome | None = None
+        ) -> CheckResult:
+            return self.result(
+                PREDICTION_SHIFT,
+                verdict,
+                message,
+                key=key,
+                baseline_key=baseline_key,
+                value=value,
+                outcome=outcome,
+            )
+
+        if isinstance(counts, str):
+            return result("inconclusive", counts)
+        shift = population_stability_index(counts.canary, counts.stable)
         limit = self.plan.analysis.prediction_shift.max_shift
+        if self.plan.alpha is not None:
+            outcome = verdicts.prediction_shift(counts.canary, counts.stable, limit, self.plan.alpha)
+            return result(
+                "fail" if outcome.failed else "pass",
+                f"the {counts.kind} shifted by PSI {shift:.3g}, {outcome.effect:.3g} less the"
+                f" {shift - outcome.effect:.3g} expected of samples this size ({_evidence(outcome)})",
+                shift,
+                outcome,
+            )
         if shift > limit:
             return result(
-                "fail", f"the {kind} shifted by PSI {shift:.3g}, above the bound of {limit:g}", shift
+                "fail", f"the {counts.kind} shifted by PSI {shift:.3g}, above the bound of {limit:g}", shift
             )
-        return result("pass", f"the {kind} shifted by PSI {shift:.3g}, within the bound of {limit:g}", shift)
+        return result(
+            "pass", f"the {counts.kind} shifted by PSI {shift:.3g}, within the bound of {limit:g}", shift
+        )
+
+    def statistical_error_rate(self) -> CheckResult:
+        """Failed-request shares: exact against maxRatio, two proportions against the stable model."""
+        check = self.plan.analysis.error_rate
+        key, baseline_key = _key(ERROR_RATE, "canary", "errors"), _key(ERROR_RATE, "stable", "errors")
+        canary, stable = self.scalar(key), self.scalar(baseline_key)
+        alpha = self.plan.alpha or 0.0
+
+        def result(
+            verdict: Verdict, message: str, outcome: TestOutcome | None = None, baseline: float | None = None
+        ) -> CheckResult:
+            share = (
+                None if canary.value is None or not self.counts.canary else canary.value / self.counts.canary
+            )
+            return self.result(
+                ERROR_RATE,
+                verdict,
+                message,
+                key=key,
+                baseline_key=baseline_key,
+                value=share,
+                baseline=baseline,
+                outcome=outcome,
+            )
+
+        samples_problem = self.counts.canary_problem()
+        if canary.value is None or samples_problem or self.counts.canary is None:
+            return result("inconclusive", samples_problem or f"canary: {canary.problem}")
+        outcomes: list[tuple[str, TestOutcome]] = []
+        if check.max_ratio is not None:
+            bound = verdicts.exceeds_bound(canary.value, self.counts.canary, check.max_ratio, alpha)
+            outcomes.append((f"against the bound of {_percent(check.max_ratio)}", bound))
+        stable_problem = self.counts.stable_problem() or (
+            f"stable model: {stable.problem}" if stable.value is None else ""
+        )
+        if stable_problem or stable.value is None or self.counts.stable is None:
+            failed = [outcome for outcome in outcomes if outcome[1].failed]
+            if failed:
+                return result("fail", _describe_tests(failed, _points), failed[0][1])
+            return result("inconclusive", stable_problem)
+        comparison = verdicts.two_proportions(
+            canary.value,
+            self.counts.canary,
+            stable.value,
+            self.counts.stable,
+            check.max_increase or 0.0,
+            alpha,
+        )
+        outcomes.insert(0, ("excess over the stable model", comparison))
+        deciding = _deciding(outcomes)
+        return result(
+            "fail" if deciding.failed else "pass",
+            f"canary {_count_share(canary.value, self.counts.canary)}, stable model"
+            f" {_count_share(stable.value, self.counts.stable)}: {_describe_tests(outcomes, _points)}",
+            deciding,
+            stable.value / self.counts.stable if self.counts.stable else None,
+        )
+
+    def statistical_latency(self) -> CheckResult:
+        """Latency buckets: the tail and the whole distribution against the stable model's slowed by
+        maxIncreaseRatio, the tail against maxSeconds."""
+        check = self.plan.analysis.latency
+        key, baseline_key = _key(LATENCY, "canary", "buckets"), _key(LATENCY, "stable", "buckets")
+        canary, stable = _histogram(self.results.get(key)), _histogram(self.results.get(baseline_key))
+        alpha = self.plan.alpha or 0.0
+
+        def quantile_bound(histogram: Histogram | str) -> float | None:
+            # The value shown: the upper bound of the quantile's bucket, not an interpolation within it.
+            if isinstance(histogram, str) or not sum(count for _, count in histogram):
+                return None
+            return verdicts.quantile_bucket(histogram, check.quantile)
+
+        def result(verdict: Verdict, message: str, outcome: TestOutcome | None = None) -> CheckResult:
+            return self.result(
+                LATENCY,
+                verdict,
+                message,
+                key=key,
+                baseline_key=baseline_key,
+                value=_finite(quantile_bound(canary)),
+                baseline=_finite(quantile_bound(stable)),
+                outcome=outcome,
+            )
+
+        samples_problem = self.counts.canary_problem()
+        if samples_problem or isinstance(canary, str):
+            return result("inconclusive", samples_problem or f"canary: {canary}")
+        if not sum(count for _, count in canary):
+            return result("inconclusive", "no data: the canary's latency histogram is empty in the window")
+        outcomes: list[tuple[str, TestOutcome]] = []
+        if check.max_seconds is not None:
+            bound = verdicts.latency_bound(
+                canary, quantile=check.quantile, seconds=check.max_seconds, alpha=alpha
+            )
+            outcomes.append((f"share slower than {_seconds(check.max_seconds)} (maxSeconds)", bound))
+        ratio = check.max_increase_ratio
+        if ratio is not None:
+            stable_problem = self.counts.stable_problem() or (
+                f"stable model: {stable}" if isinstance(stable, str) else ""
+            )
+            if not stable_problem and isinstance(stable, list) and not sum(count for _, count in stable):
+                stable_problem = "no data: the stable model's latency histogram is empty in the window"
+            if stable_problem or isinstance(stable, str):
+                failed = [outcome for outcome in outcomes if outcome[1].failed]
+                if failed:
+                    return result("fail", _describe_tests(failed, _share), failed[0][1])
+                return result("inconclusive", stable_problem)
+            floor = check.ignore_below_seconds
+            limit = verdicts.tail_limit(stable, quantile=check.quantile, ratio=ratio, floor=floor)
+            tail = verdicts.latency_tail(
+                canary, stable, quantile=check.quantile, ratio=ratio, floor=floor, alpha=alpha
+            )
+            ranks = verdicts.latency_distribution(canary, stable, ratio=ratio, floor=floor, alpha=alpha)
+            outcomes[:0] = [
+                (
+                    f"share slower than {_seconds(limit)} ({ratio:g}x the stable model's p{check.quantile * 100:g} bucket)",
+                    tail,
+                ),
+                (f"chance a request is slower than the stable model's {ratio:g}x", ranks),
+            ]
+        deciding = _deciding(outcomes)
+        return result("fail" if deciding.failed else "pass", _describe_tests(outcomes, _share), deciding)
 
     def custom(self, name: str, low: float | None, high: float | None) -> CheckResult:
         key = _custom_key(name)
@@ -456,6 +670,61 @@ class _Judge:
 
 _Comparison = Callable[[float], float]
 _Describe = Callable[[float], str]
+
+
+@dataclass(frozen=True)
+class _PredictionCounts:
+    """Both variants' predictions by category, and what the categories are."""
+
+    kind: str
+    part: str
+    canary: dict[str, float]
+    stable: dict[str, float]
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _points(value: float) -> str:
+    return f"{value * 100:+.3g} points" if value else "0 points"
+
+
+def _share(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _count_share(failures: float, requests: float) -> str:
+    return f"{failures:.0f} of {requests:.0f} failed ({_percent(failures / requests) if requests else '-'})"
+
+
+def _evidence(outcome: TestOutcome) -> str:
+    verdict = "below" if outcome.failed else "not below"
+    return (
+        f"{outcome.test} p={outcome.p_value:.2g} {verdict} alpha {outcome.alpha:.2g},"
+        f" interval {outcome.low:.3g} to {outcome.high:.3g} against a tolerance of {outcome.tolerance:.3g}"
+    )
+
+
+def _describe_tests(outcomes: Sequence[tuple[str, TestOutcome]], describe: _Describe) -> str:
+    return "; ".join(
+        f"{what} {describe(outcome.effect)} ({_evidence(outcome)})" for what, outcome in outcomes
+    )
+
+
+def _deciding(outcomes: Sequence[tuple[str, TestOutcome]]) -> TestOutcome:
+    """The test a check reports: the strongest evidence against the canary, relative to each test's
+    level (the failed one if any)."""
+    return min((outcome for _, outcome in outcomes), key=lambda outcome: outcome.p_value / outcome.alpha)
+
+
+def _histogram(result: QueryResult | None) -> Histogram | str:
+    """Per-bucket counts of a latency histogram's increase over the window, or why there are none."""
+    if result is None:
+        return "the query was not run"
+    if isinstance(result, QueryFailure):
+        return _describe_failure(result)
+    return sorted((_bound(label), count) for label, count in _bucket_counts(result).items())
 
 
 def _percent(value: float) -> str:
@@ -534,6 +803,10 @@ def evaluate(plan: AnalysisPlan, results: Mapping[str, QueryResult]) -> list[Che
     judge = _Judge(plan, results, counts)
     checks = [judge.samples()]
     analysis = plan.analysis
+    if _key(ERROR_RATE, "canary", "errors") in plan.queries:
+        checks.append(judge.statistical_error_rate())
+    if _key(LATENCY, "canary", "buckets") in plan.queries:
+        checks.append(judge.statistical_latency())
     if _key(ERROR_RATE, "canary") in plan.queries:
         increase = analysis.error_rate.max_increase
         checks.append(

@@ -16,7 +16,7 @@ from itertools import pairwise
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic.alias_generators import to_camel
 
 __all__ = [
@@ -427,11 +427,13 @@ class ErrorRateCheck(CamelModel):
     """Whether this check runs."""
 
     max_ratio: Annotated[float, Field(ge=0, le=1)] | None = 0.01
-    """Highest allowed share of failed requests (0.01 is 1%)."""
+    """Highest allowed share of failed requests (0.01 is 1%); with method statistical, the canary fails
+    only when an exact binomial test shows its share above this."""
 
     max_increase: Annotated[float, Field(ge=0, le=1)] | None = None
     """Highest allowed excess of the canary's failed-request share over the stable model's (0.005 is half a
-    percentage point)."""
+    percentage point). With method statistical the excess is always tested (two proportions with their
+    sample sizes) and unset means 0: any excess the data shows beyond chance fails."""
 
 
 class LatencyCheck(CamelModel):
@@ -456,11 +458,15 @@ class LatencyCheck(CamelModel):
     """Highest allowed latency at the quantile, in seconds."""
 
     max_increase_ratio: Annotated[float, Field(ge=1)] | None = 1.5
-    """Highest allowed ratio of the canary's latency to the stable model's at the quantile."""
+    """Highest allowed ratio of the canary's latency to the stable model's at the quantile. With method
+    statistical it is the tolerance of two tests on the histogram buckets: the share of canary requests
+    slower than this ratio times the stable model's quantile, and the whole distribution's ranks against
+    the stable model's slowed by this ratio."""
 
     ignore_below_seconds: Annotated[float, Field(ge=0)] = 0.025
     """A canary latency up to this passes the comparison with the stable model whatever the ratio: at a few
-    milliseconds, differences are the machine's noise rather than a regression (maxSeconds still applies)."""
+    milliseconds, differences are the machine's noise rather than a regression (maxSeconds still applies).
+    With method statistical, requests up to this count as equally fast."""
 
     @model_validator(mode="after")
     def _has_a_bound(self) -> LatencyCheck:
@@ -478,7 +484,9 @@ class PredictionShiftCheck(CamelModel):
     """Whether this check runs."""
 
     max_shift: Annotated[float, Field(gt=0)] = 0.2
-    """Highest allowed population stability index between the two prediction distributions."""
+    """Highest allowed population stability index between the two prediction distributions. With method
+    statistical, the true shift: the PSI measured on samples is biased upward by about
+    (classes - 1) x (1/canary requests + 1/stable requests), which the test allows for."""
 
 
 class CustomCheck(CamelModel):
@@ -593,6 +601,28 @@ class Analysis(CamelModel):
     """What a step without enough data means: hold keeps the step going (until inconclusiveLimit or
     progressDeadline), fail counts it as a failed check. No data never promotes."""
 
+    method: Literal["threshold", "statistical"] = "threshold"
+    """How the built-in checks judge a window: threshold compares each value with its bound; statistical
+    tests whether the canary is worse than the bound or the stable model by more than the stated
+    tolerances (maxRatio, maxIncrease, maxSeconds, maxIncreaseRatio, maxShift), given how many requests
+    each variant served, and fails it only on evidence beyond falseRollbackRate. Custom checks always
+    compare with their bounds."""
+
+    false_rollback_rate: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    """With method statistical: the highest chance that a rollout rolls back a model within all its
+    tolerances, over the whole rollout. It is split evenly over the steps and over the tests of each
+    step's window (Bonferroni); a step that needs another window (after an inconclusive or a tolerated
+    failed one) spends its share again."""
+
+    # How many windows share falseRollbackRate: the rollout's steps, set by Rollout from its steps, which
+    # this part of the spec does not see; an Analysis on its own judges one window.
+    _windows: int = PrivateAttr(default=1)
+
+    @property
+    def windows(self) -> int:
+        """How many analysis windows share falseRollbackRate (the rollout's steps)."""
+        return self._windows
+
 
 def _strictly_increasing(steps: list[int]) -> list[int]:
     if any(later <= earlier for earlier, later in pairwise(steps)):
@@ -634,6 +664,12 @@ class Rollout(CamelModel):
     progress_deadline: Duration = "30m"
     """Longest time one step may last before the rollout is rolled back; never shorter than stepDuration,
     and time paused does not count."""
+
+    @model_validator(mode="after")
+    def _analysis_knows_the_steps(self) -> Rollout:
+        # The analysis splits the rollout's falseRollbackRate over its windows, one per step.
+        self.analysis._windows = len(self.steps)
+        return self
 
 
 class ModelDeploymentSpec(CamelModel):
@@ -739,6 +775,34 @@ class CheckResult(CamelModel):
 
     samples: float | None = None
     """Requests the canary served in the window."""
+
+    stable_samples: float | None = None
+    """Requests the stable model served in the window."""
+
+    test: str | None = None
+    """With method statistical: the test that decided (exact-binomial, conditional-binomial,
+    berger-boos-binomial, mann-whitney or noncentral-chi2); the message names the check's other tests."""
+
+    effect: float | None = None
+    """With method statistical: the effect the test measured (an excess of failed-request shares, a share
+    of slow requests, the chance that a canary request is slower, a PSI corrected for the sample sizes)."""
+
+    effect_low: float | None = None
+    """Lower end of the effect's interval at confidence 1 - 2 x alpha: the test fails when it is above
+    the tolerance."""
+
+    effect_high: float | None = None
+    """Upper end of the effect's interval at confidence 1 - 2 x alpha."""
+
+    tolerance: float | None = None
+    """With method statistical: the largest effect that is not a regression."""
+
+    p_value: float | None = None
+    """With method statistical: the chance of evidence this strong against a canary exactly at the
+    tolerance; the check fails when it is below alpha."""
+
+    alpha: float | None = None
+    """With method statistical: the share of falseRollbackRate this test may spend in this window."""
 
     verdict: Literal["pass", "fail", "inconclusive"]
     """Outcome of the check."""

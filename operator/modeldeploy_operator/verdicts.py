@@ -4,17 +4,17 @@ Every test asks the same question of one analysis window: is the canary worse th
 (or a bound) by more than the tolerance the user stated? The null hypothesis is "no worse than the
 tolerance"; a test fails the canary only when its p-value is below the share `alpha` of the rollout's
 stated error rate that it may spend, so a model within the tolerances is rolled back with at most that
-rate. Each outcome carries the effect it measured and a two-sided interval at confidence 1 - 2·alpha,
-whose lower end is exactly the one-sided bound the test used: the test fails if and only if `low`
-exceeds the tolerance (up to the discreteness of the exact tests).
+rate. Each outcome carries the effect it measured and a two-sided interval at confidence 1 - 2·alpha;
+but for the comparison of error rates, whose interval is shown beside an exact test, its lower end is
+the one-sided bound the test used: the test fails when `low` exceeds the tolerance (up to the
+discreteness of the exact tests).
 
 The tests, and why these:
 - error rate against a bound: exact binomial test, Clopper-Pearson interval (exact for any count,
   zero included);
-- error rate against the stable model: the difference of two proportions with Newcombe's hybrid score
-  interval, built from both variants' continuity-corrected Wilson intervals (keeps its level with zero
-  or few failures, where a z-test on a pooled rate, or the uncorrected interval, fails the canary for
-  one or two 5xx);
+- error rate against the stable model: exact tests on the counts (conditional on all failures for a
+  margin of 0, against the stable model's bound plus the margin otherwise): a z-test on a pooled rate,
+  and even Newcombe's score interval, fail a canary for one 5xx beside a stable model without any;
 - latency tail: the share of canary requests slower than the bucket boundary at or above
   `ratio` times the stable model's quantile bucket, against 1 - quantile (exact binomial);
 - latency distribution: a one-sided Mann-Whitney test on the binned latencies with ties, the stable
@@ -43,6 +43,7 @@ __all__ = [
     "clopper_pearson",
     "exceeds_bound",
     "interim_alpha",
+    "latency_bound",
     "latency_distribution",
     "latency_tail",
     "noncentral_chi2_sf",
@@ -51,6 +52,7 @@ __all__ = [
     "per_test_alpha",
     "prediction_shift",
     "psi",
+    "quantile_bucket",
     "regularized_beta",
     "regularized_gamma_q",
     "spent_alpha",
@@ -59,7 +61,9 @@ __all__ = [
     "wilson",
 ]
 
-TestName = Literal["exact-binomial", "newcombe-score", "mann-whitney", "noncentral-chi2"]
+TestName = Literal[
+    "exact-binomial", "conditional-binomial", "berger-boos-binomial", "mann-whitney", "noncentral-chi2"
+]
 
 # Per-bucket counts of a histogram: (upper bound in seconds, requests in the bucket), ascending,
 # +Inf last; the bucket holds the values above the previous bound up to its own.
@@ -239,12 +243,12 @@ def _solve(
 
 def clopper_pearson(successes: int, n: int, alpha: float) -> tuple[float, float]:
     """The exact interval for a binomial share: each end excludes the share with at most `alpha`."""
-    low = 0.0 if successes <= 0 else _solve(lambda p: binomial_sf(successes, n, p), alpha, 0.0, 1.0)
+    low = 0.0 if successes <= 0 else _solve(lambda p: binomial_sf(successes, n, p), alpha, 0.0, 1.0, 1e-12)
     high = (
         1.0
         if successes >= n
         # P(X <= successes) falls as p grows: solve P(X >= successes + 1) = 1 - alpha.
-        else _solve(lambda p: binomial_sf(successes + 1, n, p), 1 - alpha, 0.0, 1.0)
+        else _solve(lambda p: binomial_sf(successes + 1, n, p), 1 - alpha, 0.0, 1.0, 1e-12)
     )
     return low, high
 
@@ -312,37 +316,37 @@ def two_proportions(
     margin: float,
     alpha: float,
 ) -> TestOutcome:
-    """Test of "the canary's failure share exceeds the stable model's by more than `margin`"."""
+    """Test of "the canary's failure share exceeds the stable model's by more than `margin`".
+
+    With margin 0, the exact conditional test: given the failures of both variants together, each
+    failure is the canary's with its share of the requests, so the canary's count is binomial
+    (Fisher's test in its Poisson form, a little more cautious). With a margin, the stable model's share
+    is not known: the canary's count is tested exactly against the stable model's upper confidence
+    bound plus the margin, and the bound's own error is added to the p-value (Berger and Boos), which
+    keeps the level even when the stable model had no failure. The effect is the difference of the
+    shares, its interval Newcombe's hybrid score interval (continuity-corrected Wilson intervals of
+    both variants): shown beside the exact test, which decides.
+    """
     n_c, n_s = _count(canary_n), _count(stable_n)
     x_c, x_s = min(_count(canary_failures), n_c), min(_count(stable_failures), n_s)
     p_c, p_s = x_c / n_c, x_s / n_s
-    difference = p_c - p_s
-
-    def low(z: float) -> float:
-        low_c, _ = wilson(x_c, n_c, z)
-        _, high_s = wilson(x_s, n_s, z)
-        return difference - math.hypot(p_c - low_c, high_s - p_s)
-
-    def high(z: float) -> float:
-        _, high_c = wilson(x_c, n_c, z)
-        low_s, _ = wilson(x_s, n_s, z)
-        return difference + math.hypot(high_c - p_c, p_s - low_s)
-
     z = normal_quantile(1 - alpha)
-    # The p-value is the level at which the interval's end touches the margin: both ends move away
-    # from the estimate as z grows, so each crossing is found by bisection over z. The continuity
-    # correction keeps the interval open at z = 0; a margin inside it there has a p-value of 0.5.
-    if low(0.0) > margin:
-        p_value = normal_sf(_solve(lambda z: -low(z), -margin, 0.0, 40.0))
-    elif high(0.0) < margin:
-        p_value = 1 - normal_sf(_solve(high, margin, 0.0, 40.0))
+    low_c, high_c = wilson(x_c, n_c, z)
+    low_s, high_s = wilson(x_s, n_s, z)
+    if margin <= 0:
+        test: TestName = "conditional-binomial"
+        p_value = binomial_sf(x_c, x_c + x_s, n_c / (n_c + n_s))
     else:
-        p_value = 0.5
+        test = "berger-boos-binomial"
+        # A tenth of the level for the stable model's bound, the rest for the canary's count.
+        spent = alpha / 10
+        _, stable_bound = clopper_pearson(x_s, n_s, spent)
+        p_value = min(1.0, binomial_sf(x_c, n_c, min(1.0, stable_bound + margin)) + spent)
     return TestOutcome(
-        test="newcombe-score",
-        effect=difference,
-        low=low(z),
-        high=high(z),
+        test=test,
+        effect=p_c - p_s,
+        low=p_c - p_s - math.hypot(p_c - low_c, high_s - p_s),
+        high=p_c - p_s + math.hypot(high_c - p_c, p_s - low_s),
         tolerance=margin,
         p_value=p_value,
         alpha=alpha,
@@ -410,6 +414,20 @@ def tail_limit(stable: Histogram, *, quantile: float, ratio: float, floor: float
     """The bucket bound `latency_tail` counts the canary's slow requests above, for its messages."""
     counts = _counts(stable)
     return _ceiling(max(ratio * _quantile_bound(counts, quantile), floor), [upper for upper, _ in counts])
+
+
+def quantile_bucket(histogram: Histogram, quantile: float) -> float:
+    """The upper bound of the bucket that holds the quantile (+Inf for an empty histogram)."""
+    return _quantile_bound(_counts(histogram), quantile)
+
+
+def latency_bound(canary: Histogram, *, quantile: float, seconds: float, alpha: float) -> TestOutcome:
+    """Test of "the canary's latency at `quantile` exceeds `seconds`": if it does not, at most
+    1 - quantile of its requests are slower than the first bucket bound at or above `seconds`."""
+    counts = _counts(canary)
+    limit = _ceiling(seconds, [upper for upper, _ in counts])
+    slower = sum(count for upper, count in counts if upper > limit)
+    return exceeds_bound(slower, sum(count for _, count in counts), 1 - quantile, alpha)
 
 
 def latency_distribution(
