@@ -72,6 +72,68 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
+def _interval(check: Mapping[str, Any]) -> str:
+    if check.get("effect") is None:
+        return "-"
+    low, high = check.get("effectLow"), check.get("effectHigh")
+    return f"{_number(check['effect'])} [{_number(low)}, {_number(high)}]"
+
+
+def _evidence(check: Mapping[str, Any]) -> str:
+    if check.get("pValue") is None:
+        return "-"
+    return f"{check['pValue']:.2g}/{_number(check.get('alpha'))}"
+
+
+def checks_table(checks: Sequence[Mapping[str, Any]]) -> str:
+    """The last result of each check; with the statistical method also the test, both variants' samples,
+    the effect with its interval against the tolerance, and the p-value against the test's alpha."""
+    if not any(check.get("test") for check in checks):
+        return _table(
+            ["CHECK", "VERDICT", "CANARY", "STABLE", "SAMPLES", "WHY"],
+            [
+                [
+                    check["name"],
+                    check["verdict"],
+                    _number(check.get("value")),
+                    _number(check.get("baseline")),
+                    _number(check.get("samples")),
+                    check.get("message", ""),
+                ]
+                for check in checks
+            ],
+        )
+    return _table(
+        [
+            "CHECK",
+            "VERDICT",
+            "CANARY",
+            "STABLE",
+            "SAMPLES",
+            "TEST",
+            "EFFECT [INTERVAL]",
+            "TOLERANCE",
+            "P/ALPHA",
+            "WHY",
+        ],
+        [
+            [
+                check["name"],
+                check["verdict"],
+                _number(check.get("value")),
+                _number(check.get("baseline")),
+                f"{_number(check.get('samples'))}/{_number(check.get('stableSamples'))}",
+                check.get("test") or "-",
+                _interval(check),
+                _number(check.get("tolerance")),
+                _evidence(check),
+                check.get("message", ""),
+            ]
+            for check in checks
+        ],
+    )
+
+
 def detail(body: Mapping[str, Any], now: datetime) -> str:
     """Everything a person needs to know about one ModelDeployment and its rollout."""
     metadata, status = body["metadata"], body.get("status", {})
@@ -98,21 +160,7 @@ def detail(body: Mapping[str, Any], now: datetime) -> str:
         )
         checks = canary.get("checks", [])
         if checks:
-            table = _table(
-                ["CHECK", "VERDICT", "CANARY", "STABLE", "SAMPLES", "WHY"],
-                [
-                    [
-                        check["name"],
-                        check["verdict"],
-                        _number(check.get("value")),
-                        _number(check.get("baseline")),
-                        _number(check.get("samples")),
-                        check.get("message", ""),
-                    ]
-                    for check in checks
-                ],
-            )
-            lines += ["", *("  " + line for line in table.splitlines())]
+            lines += ["", *("  " + line for line in checks_table(checks).splitlines())]
     rejected = status.get("rejected")
     if rejected:
         lines.append(

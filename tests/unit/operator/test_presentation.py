@@ -64,6 +64,33 @@ def test_detail_explains_the_rollout_and_its_checks() -> None:
     assert check_lines[1][:2] == ["latency", "inconclusive"] and "too few samples" in " ".join(check_lines[1])
 
 
+def test_detail_shows_the_evidence_of_statistical_verdicts() -> None:
+    statistical = {
+        **ROLLING,
+        "canary": {
+            **ROLLING["canary"],
+            "checks": [
+                {"name": "samples", "verdict": "pass", "value": 300, "baseline": 2700, "samples": 300,
+                 "stableSamples": 2700, "message": "the canary served 300 requests, at least 50"},
+                {"name": "errorRate", "verdict": "fail", "value": 0.03, "baseline": 0.0052, "samples": 300,
+                 "stableSamples": 2700, "test": "conditional-binomial", "effect": 0.0248, "effectLow": 0.0061,
+                 "effectHigh": 0.0612, "tolerance": 0.0, "pValue": 0.00012, "alpha": 0.005,
+                 "message": "canary 9 of 300 failed"},
+            ],
+        },
+    }  # fmt: skip
+    text = detail(body(statistical), NOW)
+    header = next(line.split() for line in text.splitlines() if line.strip().startswith("CHECK"))
+    assert header[:6] == ["CHECK", "VERDICT", "CANARY", "STABLE", "SAMPLES", "TEST"]
+    assert "P/ALPHA" in header and "TOLERANCE" in header
+    errors = next(line.split() for line in text.splitlines() if line.strip().startswith("errorRate"))
+    assert errors[:6] == ["errorRate", "fail", "0.03", "0.0052", "300/2700", "conditional-binomial"]
+    assert errors[6:9] == ["0.0248", "[0.0061,", "0.0612]"]
+    assert errors[9:11] == ["0", "0.00012/0.005"]
+    samples = next(line.split() for line in text.splitlines() if line.strip().startswith("samples"))
+    assert samples[4:6] == ["300/2700", "-"]
+
+
 def test_detail_of_a_stalled_deployment_says_why() -> None:
     stalled = {
         "phase": "Stalled",
