@@ -192,7 +192,7 @@ def parse_v2(body: bytes, header_length: bytes | None) -> protocol.V2Request:
     if not 0 <= split <= len(body):
         raise InvalidInput("Inference-Header-Content-Length is larger than the body")
     try:
-        header = orjson.loads(body[:split])
+        header = piecewise_json.loads(body[:split])
     except orjson.JSONDecodeError as error:
         raise InvalidInput(f"the JSON header of a binary request cannot be read ({error})") from None
     return protocol.v2_request(codec.inline_binary_tensors(header, body[split:]))

@@ -3,14 +3,17 @@
 orjson parses about 100 MB/s and holds the GIL throughout: one 16 MiB body kept every other
 thread, the event loop answering health checks among them, waiting for 150 ms, and each of
 the loop's system calls (epoll, recv, send) waits again. Nearly all of a large inference body
-is its tensors' data, long arrays of numbers; such an array is cut at its own top-level commas
-into pieces of about `PIECE_BYTES` that are parsed one at a time, and the rest of the body (the
-skeleton, with a placeholder for each array) in one go. Between pieces other threads run.
+is its tensors' data, long arrays of numbers or strings; such an array is cut at its own
+top-level commas (outside strings, escapes understood) into pieces of about `PIECE_BYTES` that
+are parsed one at a time, and the rest of the body (the skeleton, with a placeholder for each
+array) in one go. Between pieces other threads run.
 Large answers are encoded (`dumps`) and freed (`release`) in pieces for the same reason.
-Bodies with no such array (long strings), with a backslash, or malformed are parsed whole.
+Bodies whose long arrays hold objects, and a body that is one long string, are parsed whole.
 
-Pure functions of bytes; the result is what `orjson.loads(body)` gives, and so are the errors
-(malformed bodies are parsed again whole, for orjson's own message).
+Pure functions of bytes; the result is what `orjson.loads(body)` gives. A malformed body up to
+`EXACT_ERRORS_BYTES` is parsed again whole for orjson's own error; a larger one gets the error of
+the piece (or skeleton) that failed, at its position in the body: parsing it again whole would
+hold the GIL as long as the pieces were meant to avoid.
 """
 
 import uuid
@@ -25,61 +28,99 @@ from modeldeploy_serving.codec import PIECE_ELEMENTS
 PIECE_BYTES = 256 * 1024
 """About how much JSON text is parsed at a time (some milliseconds of orjson)."""
 
+EXACT_ERRORS_BYTES = 2 * 1024 * 1024
+"""Malformed bodies up to this size are parsed again whole for orjson's own error (some ms)."""
 
-# The characters of arrays that hold only numbers, booleans, null and nested such arrays: no
-# string, no object, so every comma at the array's own depth separates two of its elements.
+
+# The characters of arrays that hold only numbers, strings, booleans, null and nested such
+# arrays (no object): outside strings, every comma at the array's own depth separates two of
+# its elements. Strings' characters are allowed by a separate mask.
 _ARRAY_TEXT = np.zeros(256, dtype=np.bool_)
-_ARRAY_TEXT[np.frombuffer(b"0123456789.eE+-,[] \t\r\ntruefalsnul", dtype=np.uint8)] = True
+_ARRAY_TEXT[np.frombuffer(b'0123456789.eE+-,[] \t\r\ntruefalsnul"', dtype=np.uint8)] = True
 
-_OPEN, _CLOSE, _COMMA = (ord(char) for char in "[],")
-# A placeholder for an array parsed apart. It is a JSON string holding a NUL character, which
-# in JSON text must be written escaped; bodies with any backslash are parsed whole, so no
-# string of theirs can be mistaken for a placeholder.
-_PLACEHOLDER = "\x00array-"
+_OPEN, _CLOSE, _COMMA, _QUOTE, _BACKSLASH = (ord(char) for char in '[],"\\')
 
 
 def loads(body: bytes) -> Any:
-    """`orjson.loads(body)`, parsed in pieces when the body holds long arrays of numbers."""
-    if len(body) < 2 * PIECE_BYTES or b"\\" in body:
+    """`orjson.loads(body)`, parsed in pieces when the body holds long arrays of numbers or strings."""
+    if len(body) < 2 * PIECE_BYTES:
         return orjson.loads(body)
-    spans = _long_arrays(body)
+    text = np.frombuffer(body, dtype=np.uint8)
+    strings = _string_mask(text, b"\\" in body)
+    spans = _long_arrays(body, text, strings)
     if not spans:
         return orjson.loads(body)
+    # A placeholder for an array parsed apart: a string no body holds unless it guesses the
+    # random part (a NUL in JSON text must be escaped, which the skeleton does).
+    token = uuid.uuid4().hex
+    placeholder = f"\x00{token}-"
     arrays: list[list[Any]] = []
     skeleton: list[bytes] = []
+    # Where each part of the skeleton starts, in the skeleton and in the body.
+    offsets: list[tuple[int, int]] = []
+    length = 0
     previous = 0
     for start, end, cuts in spans:
         values = _parse_pieces(body, start, end, cuts)
-        if values is None:
-            return orjson.loads(body)  # malformed: orjson's own error
-        skeleton += [body[previous:start], b'"\\u0000array-', str(len(arrays)).encode(), b'"']
+        if isinstance(values, orjson.JSONDecodeError):
+            return _malformed(body, values)
+        marker = f'"\\u0000{token}-{len(arrays)}"'.encode()
+        offsets += [(length, previous), (length + start - previous, start)]
+        skeleton += [body[previous:start], marker]
+        length += start - previous + len(marker)
         arrays.append(values)
         previous = end + 1
+    offsets.append((length, previous))
     skeleton.append(body[previous:])
     try:
         parsed = orjson.loads(b"".join(skeleton))
-    except orjson.JSONDecodeError:
-        return orjson.loads(body)  # the error's position in the body, not in the skeleton
-    parsed, restored = _put_back(parsed, arrays)
-    if restored != len(arrays):
-        # An array where JSON allows none (as an object's key), or one a duplicate key
-        # replaced: the placeholders do not say what orjson makes of the body, so it decides.
-        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        if len(body) <= EXACT_ERRORS_BYTES:
+            return orjson.loads(body)
+        raise _in_body(body, error, b"".join(skeleton), offsets) from None
+    # Fewer arrays may be put back than were parsed apart: a duplicate key replaced one, as in orjson.
+    parsed, as_key = _put_back(parsed, arrays, placeholder)
+    if as_key is not None:
+        # An array where JSON allows none: an object's key.
+        if len(body) <= EXACT_ERRORS_BYTES:
+            return orjson.loads(body)
+        start = spans[as_key][0]
+        raise orjson.JSONDecodeError(
+            "unexpected character, expected a string key", _decoded(body), _characters(body, start)
+        )
     return parsed
 
 
-def _long_arrays(body: bytes) -> list[tuple[int, int, list[int]]]:
-    """The arrays of numbers outside strings that span a whole piece or more: (position of
-    their `[`, of their `]`, of the top-level commas to cut at)."""
-    text = np.frombuffer(body, dtype=np.uint8)
-    allowed = _ARRAY_TEXT[text]
+def _string_mask(text: np.ndarray[Any, Any], escapes: bool) -> np.ndarray[Any, Any]:
+    """Whether each byte is part of a string (its quotes included), as a valid body has them."""
+    quotes = text == _QUOTE
+    if escapes:
+        # A quote after an odd run of backslashes is escaped: it neither opens nor closes.
+        positions = np.flatnonzero(quotes)
+        after_backslash = positions[(positions > 0) & (text[np.maximum(positions - 1, 0)] == _BACKSLASH)]
+        if after_backslash.size:
+            backslash = text == _BACKSLASH
+            run_starts = np.flatnonzero(backslash & ~np.concatenate(([False], backslash[:-1])))
+            run_start = run_starts[np.searchsorted(run_starts, after_backslash - 1, side="right") - 1]
+            quotes[after_backslash[(after_backslash - run_start) % 2 == 1]] = False
+    # uint8 wraps around, which keeps the parity: odd after an opening quote, even after a closing one.
+    inside = np.cumsum(quotes, dtype=np.uint8) & 1
+    strings: np.ndarray[Any, Any] = inside.astype(np.bool_) | quotes
+    return strings
+
+
+def _long_arrays(
+    body: bytes, text: np.ndarray[Any, Any], strings: np.ndarray[Any, Any]
+) -> list[tuple[int, int, list[int]]]:
+    """The arrays of numbers and strings that span a whole piece or more: (position of their
+    `[`, of their `]`, of the top-level commas to cut at)."""
+    allowed = _ARRAY_TEXT[text] | strings
     windows = len(body) // PIECE_BYTES
     # A long run of array characters covers at least one whole window; one flag per window
     # keeps the search's memory at a byte per byte of body.
     flags = allowed[: windows * PIECE_BYTES].reshape(windows, PIECE_BYTES).all(axis=1)
     full: list[bool] = np.asarray(flags).tolist()
     spans = []
-    quotes, counted = 0, 0
     window = 0
     while window < windows:
         if not full[window]:
@@ -90,21 +131,27 @@ def _long_arrays(body: bytes) -> list[tuple[int, int, list[int]]]:
             last += 1
         run_start, run_end = _run_around(allowed, window * PIECE_BYTES, (last + 1) * PIECE_BYTES)
         window = last + 1
-        # Without backslashes, an odd number of quotes before the run means it is in a string.
-        quotes += body.count(b'"', counted, run_start)
-        counted = run_start
-        if quotes % 2:
-            continue
-        start = body.find(b"[", run_start, run_end)
+        start = _next_open(text, strings, run_start, run_end)
         while start >= 0:
-            found = _cuts(text, start, run_end)
+            found = _cuts(text, strings, start, run_end)
             if found is None:
-                break  # the array goes on past the run: it holds a string or an object
+                break  # the array goes on past the run: it holds an object
             end, cuts = found
             if cuts:
                 spans.append((start, end, cuts))
-            start = body.find(b"[", end + 1, run_end)
+            start = _next_open(text, strings, end + 1, run_end)
     return spans
+
+
+def _next_open(text: np.ndarray[Any, Any], strings: np.ndarray[Any, Any], start: int, end: int) -> int:
+    """The first `[` outside strings in `text[start:end]`, or -1 (a window at a time: strings
+    may hold many)."""
+    for window in range(start, end, PIECE_BYTES):
+        stop = min(window + PIECE_BYTES, end)
+        found = np.flatnonzero((text[window:stop] == _OPEN) & ~strings[window:stop])
+        if found.size:
+            return window + int(found[0])
+    return -1
 
 
 def _run_around(allowed: np.ndarray[Any, Any], first: int, last: int) -> tuple[int, int]:
@@ -116,50 +163,92 @@ def _run_around(allowed: np.ndarray[Any, Any], first: int, last: int) -> tuple[i
     return run_start, run_end
 
 
-def _cuts(text: np.ndarray[Any, Any], start: int, run_end: int) -> tuple[int, list[int]] | None:
+def _cuts(
+    text: np.ndarray[Any, Any], strings: np.ndarray[Any, Any], start: int, run_end: int
+) -> tuple[int, list[int]] | None:
     """The `]` that closes the array opening at `start`, and a top-level comma about every
     `PIECE_BYTES`; None if it does not close within the run."""
     depth = 0
     cuts: list[int] = []
     for window in range(start, run_end, PIECE_BYTES):
         chunk = text[window : min(window + PIECE_BYTES, run_end)]
-        steps = (chunk == _OPEN).view(np.int8) - (chunk == _CLOSE).view(np.int8)
+        outside = ~strings[window : window + len(chunk)]
+        steps = ((chunk == _OPEN) & outside).view(np.int8) - ((chunk == _CLOSE) & outside).view(np.int8)
         depths = np.cumsum(steps, dtype=np.int32) + depth
         closed = np.flatnonzero(depths == 0)
         if closed.size:
             return window + int(closed[0]), cuts
-        commas = np.flatnonzero((chunk == _COMMA) & (depths == 1))
+        commas = np.flatnonzero((chunk == _COMMA) & outside & (depths == 1))
         if commas.size:
             cuts.append(window + int(commas[-1]))
         depth = int(depths[-1])
     return None
 
 
-def _parse_pieces(body: bytes, start: int, end: int, cuts: list[int]) -> list[Any] | None:
+def _parse_pieces(body: bytes, start: int, end: int, cuts: list[int]) -> list[Any] | orjson.JSONDecodeError:
     """The elements of the array `body[start : end + 1]`, parsed piece by piece between the
-    cuts; None if a piece is not a non-empty sequence of JSON values."""
+    cuts; the error, at its position in the body, if a piece is not a non-empty sequence of
+    JSON values."""
     values: list[Any] = []
     bounds = [start, *cuts, end]
     for left, right in pairwise(bounds):
+        # The piece's text lies where it is in the body: `[` or `,` before, `,` or `]` after.
+        piece_text = b"[" + body[left + 1 : right] + b"]"
         try:
-            piece = orjson.loads(b"[" + body[left + 1 : right] + b"]")
-        except orjson.JSONDecodeError:
-            return None
+            piece = orjson.loads(piece_text)
+        except orjson.JSONDecodeError as error:
+            return orjson.JSONDecodeError(error.msg, "", _byte_position(piece_text, error.pos) + left)
         if not piece:
-            return None  # `[,` `,,` or `,]`: no value where the array needs one
+            # `[,` `,,` or `,]`: no value where the array needs one
+            return orjson.JSONDecodeError("unexpected character, expected a JSON value", "", right)
         values += piece
     return values
 
 
-def _put_back(parsed: Any, arrays: list[list[Any]]) -> tuple[Any, int]:
-    """`parsed` with each placeholder replaced by its array, and how many were replaced."""
+def _malformed(body: bytes, error: orjson.JSONDecodeError) -> Any:
+    """orjson's own error for a malformed body (parsed again whole) if it is small; else
+    `error`, whose position is a byte offset in the body, made a character position."""
+    if len(body) <= EXACT_ERRORS_BYTES:
+        return orjson.loads(body)
+    raise orjson.JSONDecodeError(error.msg, _decoded(body), _characters(body, error.pos))
+
+
+def _in_body(
+    body: bytes, error: orjson.JSONDecodeError, skeleton: bytes, offsets: list[tuple[int, int]]
+) -> orjson.JSONDecodeError:
+    """The skeleton's parse error at its position in the body."""
+    position = _byte_position(skeleton, error.pos)
+    part_start, body_start = max(offset for offset in offsets if offset[0] <= position)
+    return orjson.JSONDecodeError(
+        error.msg, _decoded(body), _characters(body, body_start + position - part_start)
+    )
+
+
+def _byte_position(text: bytes, characters: int) -> int:
+    """The byte offset of the character at `characters` in UTF-8 `text`."""
+    return len(text.decode("utf-8", "replace")[:characters].encode("utf-8", "replace"))
+
+
+def _characters(body: bytes, position: int) -> int:
+    """How many characters `body[:position]` holds."""
+    return len(body[:position].decode("utf-8", "replace"))
+
+
+def _decoded(body: bytes) -> str:
+    return body.decode("utf-8", "replace")
+
+
+def _put_back(parsed: Any, arrays: list[list[Any]], placeholder: str) -> tuple[Any, int | None]:
+    """`parsed` with each placeholder replaced by its array, and the index of an array found
+    as an object's key (None if none)."""
     restored = 0
+    as_key: int | None = None
 
     def restore(value: Any) -> Any:
         nonlocal restored
-        if type(value) is str and value.startswith(_PLACEHOLDER):
+        if type(value) is str and value.startswith(placeholder):
             restored += 1
-            return arrays[int(value[len(_PLACEHOLDER) :])]
+            return arrays[int(value[len(placeholder) :])]
         return value
 
     parsed = restore(parsed)
@@ -167,13 +256,19 @@ def _put_back(parsed: Any, arrays: list[list[Any]]) -> tuple[Any, int]:
     pending = [parsed] if restored == 0 and type(parsed) in (dict, list) else []
     while pending:
         container = pending.pop()
-        items = list(container.items()) if type(container) is dict else list(enumerate(container))
+        if type(container) is dict:
+            items = list(container.items())
+            for key, _ in items:
+                if key.startswith(placeholder) and as_key is None:
+                    as_key = int(key[len(placeholder) :])
+        else:
+            items = list(enumerate(container))
         for key, value in items:
             if type(value) is str:
                 container[key] = restore(value)
             elif type(value) in (dict, list):
                 pending.append(value)
-    return parsed, restored
+    return parsed, as_key
 
 
 def dumps(value: Any) -> bytes:

@@ -118,11 +118,12 @@ def v2_request(body: Any) -> V2Request:
 
 
 def from_inference_request(model: InferenceRequest, body: Any = None) -> V2Request:
-    """The V2Request of a validated model; binary input data is taken from `body` if given."""
+    """The V2Request of a validated model; input data (lists, binary arrays) is taken from `body`
+    if given (the model validated it without its data)."""
     inputs = []
     for index, item in enumerate(model.inputs):
         data: Any = item.data
-        if body is not None and isinstance(body["inputs"][index].get("data"), np.ndarray):
+        if body is not None and isinstance(body["inputs"][index].get("data"), (np.ndarray, list)):
             data = body["inputs"][index]["data"]
         inputs.append(TensorInput(item.name, list(item.shape), item.datatype, data))
     outputs = None
@@ -214,12 +215,15 @@ def _binary_parameter(parameters: Parameters | None, name: str) -> bool | None:
 
 
 def _without_arrays(body: Any) -> Any:
-    """`body` with binary input data (arrays) shown to the models as empty lists, so that only the
-    JSON structure is validated and the arrays are not copied into Python lists."""
+    """`body` with input data (lists, or arrays from binary data) shown to the models as empty
+    lists, so that only the JSON structure is validated: pydantic copying a large body's data
+    into new lists held the GIL in one call, and arrays would be copied into Python lists."""
     if not (isinstance(body, dict) and isinstance(body.get("inputs"), list)):
         return body
     inputs = [
-        {**item, "data": []} if isinstance(item, dict) and isinstance(item.get("data"), np.ndarray) else item
+        {**item, "data": []}
+        if isinstance(item, dict) and isinstance(item.get("data"), (np.ndarray, list))
+        else item
         for item in body["inputs"]
     ]
     return {**body, "inputs": inputs}

@@ -10,6 +10,8 @@ import numpy as np
 import orjson
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from serving_helpers import make_settings, v2_tensor
 
 from modeldeploy_serving import piecewise_json
@@ -56,6 +58,59 @@ def test_no_single_step_parses_more_than_about_two_pieces(monkeypatch: pytest.Mo
     assert piecewise_json.loads(body)["id"] == "a"
     assert len(sizes) > 3
     assert max(sizes) <= 2 * piecewise_json.PIECE_BYTES + 2, sizes
+
+
+def _largest_step(monkeypatch: pytest.MonkeyPatch, body: bytes) -> tuple[int, Any]:
+    """The most JSON text one orjson call parses in `piecewise_json.loads(body)`, and its result
+    (or its error)."""
+    sizes: list[int] = []
+    loads = orjson.loads
+
+    def measured_loads(text: bytes) -> Any:
+        sizes.append(len(text))
+        return loads(text)
+
+    monkeypatch.setattr(piecewise_json.orjson, "loads", measured_loads)
+    try:
+        result: Any = piecewise_json.loads(body)
+    except orjson.JSONDecodeError as error:
+        result = (error.msg, error.pos)
+    monkeypatch.undo()
+    return max(sizes), result
+
+
+def _tensor_body(data: list[Any], extra: bytes = b"") -> bytes:
+    head = b'{"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": '
+    return head + orjson.dumps(data) + b"}]" + extra + b"}"
+
+
+# About 3 MB each: over the size up to which a malformed body is parsed again whole.
+_STRINGS = ["ab", 'a\\"b,]', "[{,}]", "\u00e9\u2202"] * 100_000
+_LARGE = {
+    "strings with escapes": _tensor_body(_STRINGS),
+    "numbers and a backslash elsewhere": _tensor_body([1.5, 2] * 500_000, b', "id": "a\\\\b"'),
+    "long strings": _tensor_body(["x" * 4000] * 800),
+    "malformed late": _tensor_body([1.5, 2] * 500_000).replace(b"2]}", b"2,]}"),
+    "malformed strings": b'"ab" 1'.join(_tensor_body(_STRINGS).rsplit(b'"ab"', 1)),
+    "unclosed": _tensor_body(_STRINGS)[:-1],
+}
+
+
+@pytest.mark.parametrize("name", list(_LARGE))
+def test_bodies_with_strings_escapes_or_errors_are_parsed_in_pieces(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, any body with a backslash, with strings in its arrays or malformed was parsed
+    whole, in one call that held the GIL (and the event loop) for up to 150 ms per 16 MiB."""
+    body = _LARGE[name]
+    assert len(body) > piecewise_json.EXACT_ERRORS_BYTES
+    largest, result = _largest_step(monkeypatch, body)
+    try:
+        expected: Any = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        expected = (error.msg, error.pos)
+    assert result == expected
+    assert largest <= 2 * piecewise_json.PIECE_BYTES + 2, largest
 
 
 def _error(parse: Any, body: bytes) -> str:
@@ -184,3 +239,42 @@ def test_loading_freezes_the_objects_that_live_as_long_as_the_process(iris_skops
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+_TRICKY_TEXT = st.text(alphabet='ab,[]{}:"\\\u00e9 \n', max_size=6)
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | _TRICKY_TEXT,
+    lambda children: st.lists(children, max_size=12) | st.dictionaries(_TRICKY_TEXT, children, max_size=4),
+    max_leaves=60,
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    value=_JSON_VALUES,
+    cut=st.integers(0, 10_000),
+    insert=st.sampled_from(["", ",", '"', "\\", "]", "[", "x"]),
+)
+def test_any_body_parses_as_orjson_parses_it_with_tiny_pieces(
+    value: Any, cut: int, insert: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pieces of 8 bytes make every array of a small document long: any value, with strings full of
+    quotes, escapes, brackets and commas, or one character added or removed somewhere, parses as
+    orjson parses it, and a malformed one fails where orjson fails."""
+    monkeypatch.setattr(piecewise_json, "PIECE_BYTES", 8)
+    text = json.dumps(value, ensure_ascii=False).encode()
+    position = cut % (len(text) + 1)
+    body = text[:position] + insert.encode() + text[position + (0 if insert else 1) :]
+    for exact_errors in (10**9, 0):
+        monkeypatch.setattr(piecewise_json, "EXACT_ERRORS_BYTES", exact_errors)
+        try:
+            expected: Any = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            with pytest.raises(orjson.JSONDecodeError):
+                piecewise_json.loads(body)
+        else:
+            assert piecewise_json.loads(body) == expected
