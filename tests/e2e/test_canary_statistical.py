@@ -1,0 +1,128 @@
+"""A rollout judged by the statistical method end to end: the real control plane and operator, a real
+Prometheus scraping real model-server processes, the checks computed from the counts Prometheus
+answers (failed and all requests, latency buckets, prediction classes of both variants)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_canary import CanaryRecorder, Rollouts, running_rollouts
+
+from kube_helpers import wait_until
+from modeldeploy_localcluster.cluster import LocalCluster
+from modeldeploy_localcluster.standins import PrometheusProcess
+from operator_harness import OperatorProcess
+
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+
+FALSE_ROLLBACK_RATE = 0.05
+
+
+def statistical_analysis(prometheus: PrometheusProcess) -> dict[str, Any]:
+    return {
+        "prometheusAddress": prometheus.url,
+        "method": "statistical",
+        "falseRollbackRate": FALSE_ROLLBACK_RATE,
+        "minSamples": 20,
+        # No excess of failures over the stable model beyond chance, and at most 5 % absolute.
+        "errorRate": {"maxRatio": 0.05},
+        # Latency on a shared 2-core machine is noise: tolerate a lot, and call up to 100 ms equally fast.
+        "latency": {"maxIncreaseRatio": 4, "ignoreBelowSeconds": 0.1},
+        "predictionShift": {"maxShift": 0.2},
+    }
+
+
+@pytest.fixture
+def rollouts(
+    cluster: LocalCluster,
+    operator: OperatorProcess,
+    namespace: str,
+    prometheus: PrometheusProcess,
+    tmp_path: Path,
+) -> Iterator[Rollouts]:
+    with running_rollouts(cluster, namespace, prometheus, tmp_path) as running:
+        yield running
+
+
+def judged(recorder: CanaryRecorder) -> list[dict[str, Any]]:
+    """Every check result the recorder saw, once each (the status repeats them until the next window)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for sample in recorder.samples:
+        for check in sample.get("checks", []):
+            key = repr(sorted(check.items()))
+            seen.setdefault(key, check)
+    return list(seen.values())
+
+
+def brief(check: dict[str, Any]) -> str:
+    """What a failed assertion shows of a check (its queries are long)."""
+    return f"{check['name']} {check['verdict']}: {check.get('message', '')}"
+
+
+def test_a_good_model_is_promoted_and_a_failing_one_rolled_back_on_evidence(
+    rollouts: Rollouts, iris_models: dict[str, Path]
+) -> None:
+    rollouts.deploy_stable(iris_models["v1"], "v1")
+    analysis = statistical_analysis(rollouts.prometheus)
+
+    # The same classifier retrained: nothing the data shows beyond chance.
+    rollouts.start_rollout(iris_models["v1-retrained"], "v2", analysis=analysis)
+    recorder = CanaryRecorder(rollouts)
+    try:
+        promoted = rollouts.wait_for_outcome()
+    finally:
+        recorder.stop()
+    assert promoted["history"][0]["outcome"] == "promoted", promoted["history"]
+    assert promoted["stable"]["version"] == "v2"
+    checks = [check for check in judged(recorder) if check["name"] != "samples"]
+    # A window the canary's first requests had not filled yet is inconclusive, not judged.
+    assert not [brief(check) for check in checks if check["verdict"] == "fail"], checks
+    checks = [check for check in checks if check["verdict"] == "pass"]
+    assert {check["name"] for check in checks} == {"errorRate", "latency", "predictionShift"}, [
+        brief(check) for check in judged(recorder)
+    ]
+    # Steps [25, 50] and five tests a window: each test at 0.05 / 2 / 5.
+    for check in checks:
+        assert check["alpha"] == pytest.approx(FALSE_ROLLBACK_RATE / 2 / 5), check
+        assert check["pValue"] >= check["alpha"], check
+        assert check["test"] and check["samples"] >= 20 and check["stableSamples"] >= 20, check
+        assert check["effectLow"] <= check["effect"] <= check["effectHigh"], check
+
+    # The stand-in processes follow the promotion before the next canary starts: until then the
+    # process labelled canary still serves v2.
+    wait_until(
+        lambda: rollouts.stand_ins.running_version("stable") == "v2"
+        and rollouts.stand_ins.running_version("canary") is None,
+        "the stand-ins to follow the promotion",
+    )
+
+    # A model that lost a class answers about a third of its requests with a 500.
+    rollouts.start_rollout(iris_models["v2-lost-a-class"], "v3", analysis=analysis)
+    recorder = CanaryRecorder(rollouts)
+    try:
+        rejected = rollouts.wait_for_outcome()
+    finally:
+        recorder.stop()
+    assert rejected["history"][0]["outcome"] == "rolledBack", [brief(check) for check in judged(recorder)]
+    assert rejected["rejected"]["version"] == "v3"
+    # The window that decides clears status.canary in the same write; its evidence is in the history.
+    message = rejected["history"][0]["message"]
+    evidence = re.search(
+        r"errorRate: canary (\d+) of (\d+) failed \([^)]*\), stable model (\d+) of (\d+) failed [^:]*:"
+        r" excess over the stable model [^(]*\((conditional-binomial|exact-binomial)"
+        r" p=(\S+) below alpha (\S+), interval (\S+) to",
+        message,
+    )
+    assert evidence, message
+    failures, samples, stable_failures, stable_samples = (int(evidence[group]) for group in (1, 2, 3, 4))
+    p_value, alpha, effect_low = (float(evidence[group]) for group in (6, 7, 8))
+    # The exact test against the stable model's failures, with the excess it measured.
+    assert samples >= 20 and stable_samples >= 20, message
+    assert failures / samples > 0.1 + stable_failures / stable_samples, message
+    assert p_value < alpha == pytest.approx(FALSE_ROLLBACK_RATE / 2 / 5, rel=0.05), message
+    assert effect_low > 0, message
+    assert rollouts.stand_ins.running_version("stable") == "v2"
