@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 from conftest import RealCluster
+from side_by_side import RunningScenario
 from test_real_pods import _wait_ready
 
 from modeldeploy_localcluster.cluster import ClusterError
@@ -302,16 +303,26 @@ def _start(
     return observer, apply
 
 
-def test_a_good_model_is_promoted_step_by_step_without_a_failed_request(
+@dataclass
+class RolloutRecord:
+    """What a rollout scenario measured, for its test to judge."""
+
+    windows: list[Window]
+    requests: list[dict[str, Any]]
+    status: dict[str, Any]
+    seconds: float  # from the new model's apply to the canary's pods gone
+
+
+def good_model_rollout(
     real_cluster: RealCluster,
     local_operator: OperatorProcess,
     pod_prometheus: PodPrometheus,
     model_http_server: str,
     namespace: str,
-    tmp_path: Path,
-) -> None:
+    workdir: Path,
+) -> RolloutRecord:
     observer, apply = _start(real_cluster, namespace, pod_prometheus, model_http_server)
-    load = Load(real_cluster, observer.namespace, tmp_path)
+    load = Load(real_cluster, namespace, workdir)
     try:
         windows = [observer.measure("before the rollout")]
         started = time.monotonic()
@@ -325,8 +336,40 @@ def test_a_good_model_is_promoted_step_by_step_without_a_failed_request(
         windows.append(observer.measure("after promotion"))
     finally:
         requests = load.finish()
-    _report(f"good model promoted in {promoted_after:.0f}s", windows, requests)
-    history = observer.status()["history"][0]
+    return RolloutRecord(windows, requests, observer.status(), promoted_after)
+
+
+def bad_model_rollout(
+    real_cluster: RealCluster,
+    local_operator: OperatorProcess,
+    pod_prometheus: PodPrometheus,
+    model_http_server: str,
+    namespace: str,
+    workdir: Path,
+) -> RolloutRecord:
+    observer, apply = _start(real_cluster, namespace, pod_prometheus, model_http_server)
+    load = Load(real_cluster, namespace, workdir)
+    try:
+        windows = [observer.measure("before the rollout")]
+        started = time.monotonic()
+        apply("v2-lost-a-class", "3.0.0")
+        windows += _rollout_windows(
+            observer, lambda status: bool(status.get("rejected")) and not status.get("canary")
+        )
+        _wait(observer.canary_gone, "the canary Deployment and its pods to go")
+        rolled_back_after = time.monotonic() - started
+        windows.append(observer.measure("after rollback"))
+    finally:
+        requests = load.finish()
+    return RolloutRecord(windows, requests, observer.status(), rolled_back_after)
+
+
+@pytest.mark.side_by_side(scenario=good_model_rollout)
+def test_a_good_model_is_promoted_step_by_step_without_a_failed_request(scenario: RunningScenario) -> None:
+    record: RolloutRecord = scenario.record()
+    windows, requests = record.windows, record.requests
+    _report(f"good model promoted in {record.seconds:.0f}s", windows, requests)
+    history = record.status["history"][0]
     assert history["outcome"] == "promoted", history
 
     assert not _client_failures(requests), _client_failures(requests)[:20]
@@ -338,28 +381,14 @@ def test_a_good_model_is_promoted_step_by_step_without_a_failed_request(
     assert set(windows[-1].by_version) == {"2.0.0"}, windows[-1]
 
 
+@pytest.mark.side_by_side(scenario=bad_model_rollout)
 def test_a_model_failing_a_third_of_its_requests_is_rolled_back_without_a_failed_connection(
-    real_cluster: RealCluster,
-    local_operator: OperatorProcess,
-    pod_prometheus: PodPrometheus,
-    model_http_server: str,
-    namespace: str,
-    tmp_path: Path,
+    scenario: RunningScenario,
 ) -> None:
-    observer, apply = _start(real_cluster, namespace, pod_prometheus, model_http_server)
-    load = Load(real_cluster, observer.namespace, tmp_path)
-    try:
-        windows = [observer.measure("before the rollout")]
-        apply("v2-lost-a-class", "3.0.0")
-        windows += _rollout_windows(
-            observer, lambda status: bool(status.get("rejected")) and not status.get("canary")
-        )
-        _wait(observer.canary_gone, "the canary Deployment and its pods to go")
-        windows.append(observer.measure("after rollback"))
-    finally:
-        requests = load.finish()
-    _report("bad model rolled back", windows, requests)
-    history = observer.status()["history"][0]
+    record: RolloutRecord = scenario.record()
+    windows, requests = record.windows, record.requests
+    _report(f"bad model rolled back in {record.seconds:.0f}s", windows, requests)
+    history = record.status["history"][0]
     assert history["outcome"] == "rolledBack" and history["reason"] == "AnalysisFailed", history
 
     assert not _client_failures(requests), _client_failures(requests)[:20]

@@ -43,7 +43,9 @@ def _helm(real_cluster: RealCluster, *args: str) -> str:
     return result.stdout
 
 
-def test_chart_runs_the_operator_in_the_cluster(real_cluster: RealCluster, model_http_server: str) -> None:
+def test_chart_runs_the_operator_in_the_cluster(
+    real_cluster: RealCluster, without_local_operator: None, model_http_server: str
+) -> None:
     cluster = real_cluster.cluster
     operator_namespace = _restricted_namespace(real_cluster)
     operator_image, operator_tag = real_cluster.images["operator"].name.rsplit(":", 1)

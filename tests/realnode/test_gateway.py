@@ -16,29 +16,24 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RealCluster
-from test_real_pods import _restricted_namespace, _wait_ready
+from conftest import GATEWAY, RealCluster
+from side_by_side import RunningScenario
+from test_real_pods import _wait_ready
 
-from crds import crd_documents, go_module_dir, install_crds
 from modeldeploy_localcluster.cluster import ClusterError
 from modeldeploy_localcluster.gateway import CONTROLLER_NAME, NAMESPACE, TraefikGateway, get_in_netns
 from modeldeploy_localcluster.iris_models import v2_inference_payloads
 from modeldeploy_operator.builders import HTTP_PORT, label_selector
-from operator_harness import OperatorProcess, install_crd_and_rbac, service_account_kubeconfig
+from operator_harness import OperatorProcess
 
 pytestmark = pytest.mark.realnode
 
-GATEWAY_API = ("sigs.k8s.io/gateway-api", "v1.6.3", "config/crd/standard")
-# What Traefik's kubernetesGateway provider watches on the standard channel.
-GATEWAY_KINDS = {"GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "ReferenceGrant", "BackendTLSPolicy"}
-GATEWAY_CLASS = "modeldeploy-traefik"
-GATEWAY = "public"
 # Traefik's weighted round robin is deterministic; the tolerance covers requests in flight while
 # a window opens and closes, and the few a window of about 10 s holds.
 TOLERANCE = 0.07
@@ -47,87 +42,6 @@ MIN_REQUESTS_PER_WINDOW = 100
 LOAD_MAX_SECONDS = 420
 LOAD_SCRIPT = Path(__file__).with_name("service_load.py")
 SAMPLE = re.compile(r"^modeldeploy_requests_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$", re.MULTILINE)
-
-
-@pytest.fixture(scope="module")
-def traefik(real_cluster: RealCluster) -> Iterator[TraefikGateway]:
-    documents: list[dict[str, Any]] = []
-    module, version, folder = GATEWAY_API
-    for path in sorted((go_module_dir(module, version) / folder).glob("*.yaml")):
-        documents += crd_documents(path, GATEWAY_KINDS)
-    assert {document["spec"]["names"]["kind"] for document in documents} == GATEWAY_KINDS
-    install_crds(real_cluster.cluster, documents)
-    gateway = TraefikGateway(real_cluster.node, progress=lambda message: print(f"[gateway] {message}"))
-    gateway.start()
-    yield gateway
-    gateway.stop()
-    assert "panic" not in gateway.log_text(), gateway.log_text()[-4000:]
-
-
-@pytest.fixture(scope="module")
-def public_gateway(real_cluster: RealCluster, traefik: TraefikGateway) -> dict[str, Any]:
-    """A GatewayClass for Traefik and a Gateway on its entry point, admitting routes from anywhere."""
-    cluster = real_cluster.cluster
-    objects = [
-        {
-            "apiVersion": "gateway.networking.k8s.io/v1",
-            "kind": "GatewayClass",
-            "metadata": {"name": GATEWAY_CLASS},
-            "spec": {"controllerName": CONTROLLER_NAME},
-        },
-        {
-            "apiVersion": "gateway.networking.k8s.io/v1",
-            "kind": "Gateway",
-            "metadata": {"name": GATEWAY, "namespace": NAMESPACE},
-            "spec": {
-                "gatewayClassName": GATEWAY_CLASS,
-                "listeners": [
-                    {
-                        "name": "http",
-                        "protocol": "HTTP",
-                        "port": traefik.web_port,
-                        "allowedRoutes": {"namespaces": {"from": "All"}},
-                    }
-                ],
-            },
-        },
-    ]
-    cluster.kubectl("apply", "-f", "-", input_text="\n---\n".join(json.dumps(o) for o in objects))
-    cluster.kubectl(
-        "wait", "--for=condition=Programmed", f"gateway/{GATEWAY}", "-n", NAMESPACE, "--timeout=60s"
-    )
-    found: dict[str, Any] = json.loads(
-        cluster.kubectl("get", "gateway", GATEWAY, "-n", NAMESPACE, "-o", "json")
-    )
-    return found
-
-
-@pytest.fixture(scope="module")
-def gateway_operator(
-    real_cluster: RealCluster, public_gateway: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    """The operator, started once the HTTPRoute CRD exists (it watches route objects only then)."""
-    cluster = real_cluster.cluster
-    install_crd_and_rbac(cluster)
-    workdir = tmp_path_factory.mktemp("gateway-operator")
-    process = OperatorProcess(
-        service_account_kubeconfig(cluster, workdir / "kubeconfig"),
-        workdir / "operator.log",
-        extra_env={"MODELDEPLOY_OPERATOR_SERVER_IMAGE": real_cluster.images["server"].name},
-    )
-    process.start()
-    yield process
-    process.stop()
-    assert "Traceback" not in process.log_text(), process.log_text()[-5000:]
-
-
-@pytest.fixture
-def namespace(real_cluster: RealCluster) -> Iterator[str]:
-    """A namespace enforcing the restricted pod security standard, deleted afterwards with its pods
-    (the node is shared by the session's later tests)."""
-    name = _restricted_namespace(real_cluster)
-    yield name
-    real_cluster.cluster.kubectl("delete", "namespace", name, "--wait=false")
 
 
 def _manifest(model_url: str, version: str) -> dict[str, Any]:
@@ -276,14 +190,24 @@ def _wait_for_weights(rollout: Rollout, canary_weight: int, timeout: float = 180
     )
 
 
-def test_gateway_split_follows_the_http_route_weights_on_real_pods(
+@dataclass
+class GatewayRecord:
+    """The windows measured, the clients' answers, and an account of any that failed."""
+
+    windows: list[Window]
+    requests: list[dict[str, Any]]
+    failures_explained: str
+
+
+def gateway_rollout(
     real_cluster: RealCluster,
     traefik: TraefikGateway,
-    gateway_operator: OperatorProcess,
+    public_gateway: dict[str, Any],
+    local_operator: OperatorProcess,
     model_http_server: str,
     namespace: str,
-    tmp_path: Path,
-) -> None:
+    workdir: Path,
+) -> GatewayRecord:
     cluster = real_cluster.cluster
     rollout = Rollout(real_cluster, traefik, namespace)
 
@@ -303,7 +227,7 @@ def test_gateway_split_follows_the_http_route_weights_on_real_pods(
     infer_url = f"{traefik.url}/v2/models/iris/infer"
     _wait(lambda: _answers_through_gateway(real_cluster, infer_url), "an answer through the Gateway", 60.0)
 
-    output, stop = tmp_path / "load.jsonl", tmp_path / "stop"
+    output, stop = workdir / "load.jsonl", workdir / "stop"
     # One payload: the gateway test judges the split, not a model that fails one class.
     payload = json.dumps(v2_inference_payloads()[:1])
     load = subprocess.Popen(
@@ -343,8 +267,18 @@ def test_gateway_split_follows_the_http_route_weights_on_real_pods(
         stop.touch()
         _, stderr = load.communicate(timeout=60)
     assert load.returncode == 0, stderr.decode()[-3000:]
-
     requests = [json.loads(line) for line in output.read_text().splitlines()]
+    failed = [r for r in requests if r["outcome"] != "ok"]
+    # Explained now: the namespace and its Events go with the scenario.
+    return GatewayRecord(
+        windows, requests, _explain(failed, len(requests), windows, traefik, rollout) if failed else ""
+    )
+
+
+@pytest.mark.side_by_side(scenario=gateway_rollout)
+def test_gateway_split_follows_the_http_route_weights_on_real_pods(scenario: RunningScenario) -> None:
+    record: GatewayRecord = scenario.record()
+    windows, requests = record.windows, record.requests
     print(f"\n{len(requests)} requests through the Gateway in {requests[-1]['t'] - requests[0]['t']:.0f}s")
     client_shares = []
     for window in windows:
@@ -369,8 +303,7 @@ def test_gateway_split_follows_the_http_route_weights_on_real_pods(
     assert set(promoted.pod_versions) - {""} == {"2.0.0"}, promoted
     assert set(windows[0].pod_versions) - {""} == {"1.0.0"}, windows[0]
 
-    failed = [r for r in requests if r["outcome"] != "ok"]
-    assert not failed, _explain(failed, len(requests), windows, traefik, rollout)
+    assert not [r for r in requests if r["outcome"] != "ok"], record.failures_explained
 
 
 def _utc(t: float) -> str:

@@ -10,16 +10,15 @@ ClusterIP: the Deployment rolls its pods, the new ones serve, and no client requ
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import skops.io
 from conftest import RealCluster
+from side_by_side import RunningScenario
 from test_canary_on_real_pods import Load
 from test_real_pods import _infer_through_cluster_ip, _predictions, _wait_ready
 
@@ -29,20 +28,6 @@ from operator_harness import OperatorProcess
 pytestmark = pytest.mark.realnode
 
 ROLL_TIMEOUT_SECONDS = 180.0
-
-
-@pytest.fixture(scope="module")
-def models_on_the_node(models: dict[str, Path]) -> Iterator[Path]:
-    """The models in a folder the pods' user (uid 65532) may read, for a hostPath volume."""
-    folder = Path(tempfile.mkdtemp(prefix="modeldeploy-pv-"))
-    try:
-        for name, source in models.items():
-            shutil.copytree(source, folder / name)
-        for path in [folder, *folder.rglob("*")]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _volume_and_claim(namespace: str, folder: Path) -> list[dict[str, Any]]:
@@ -108,27 +93,38 @@ def _rolled_to(real_cluster: RealCluster, namespace: str, workers: int) -> bool:
     )
 
 
-def test_a_model_from_a_claim_is_served_and_two_workers_roll_the_pods_without_a_failed_request(
+@dataclass
+class ClaimRecord:
+    """Start-up latency, what the model predicted before and after the roll, the load's answers."""
+
+    ready_seconds: float
+    expected: list[int]
+    predicted_before: list[int]
+    predicted_after: list[int]
+    rolled_seconds: float
+    requests: list[dict[str, Any]]
+
+
+def model_from_a_claim_then_two_workers(
     real_cluster: RealCluster,
     local_operator: OperatorProcess,
     models_on_the_node: Path,
     namespace: str,
-    tmp_path: Path,
-) -> None:
+    workdir: Path,
+) -> ClaimRecord:
     cluster = real_cluster.cluster
     objects = _volume_and_claim(namespace, models_on_the_node)
     cluster.kubectl("apply", "-f", "-", input_text="\n---\n".join(json.dumps(o) for o in objects))
     try:
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(_manifest(workers=1)))
         latency = _wait_ready(real_cluster, namespace)
-        print(f"\nreal pods: apply -> Ready in {latency:.1f}s (2 replicas, model from a PVC)")
         model_file = models_on_the_node / "v1" / "model.skops"
         expected = skops.io.load(model_file, trusted=skops.io.get_untrusted_types(file=model_file)).predict(
             IRIS_ROWS
         )
-        assert _predictions(_infer_through_cluster_ip(real_cluster, namespace)) == [int(x) for x in expected]
+        before = _predictions(_infer_through_cluster_ip(real_cluster, namespace))
 
-        load = Load(real_cluster, namespace, tmp_path)
+        load = Load(real_cluster, namespace, workdir)
         try:
             time.sleep(3)
             started = time.monotonic()
@@ -141,12 +137,23 @@ def test_a_model_from_a_claim_is_served_and_two_workers_roll_the_pods_without_a_
             time.sleep(3)
         finally:
             requests = load.finish()
-        outcomes: dict[str, int] = {}
-        for request in requests:
-            outcomes[request["outcome"]] = outcomes.get(request["outcome"], 0) + 1
-        print(f"workers 1 -> 2 rolled in {rolled_in:.1f}s under load: {outcomes}")
-        assert [r for r in requests if r["outcome"] != "ok"] == [], outcomes
-        assert len(requests) > 100, outcomes
-        assert _predictions(_infer_through_cluster_ip(real_cluster, namespace)) == [int(x) for x in expected]
+        after = _predictions(_infer_through_cluster_ip(real_cluster, namespace))
     finally:
         cluster.kubectl("delete", "pv", objects[0]["metadata"]["name"], "--wait=false", check=False)
+    return ClaimRecord(latency, [int(x) for x in expected], before, after, rolled_in, requests)
+
+
+@pytest.mark.side_by_side(scenario=model_from_a_claim_then_two_workers)
+def test_a_model_from_a_claim_is_served_and_two_workers_roll_the_pods_without_a_failed_request(
+    scenario: RunningScenario,
+) -> None:
+    record: ClaimRecord = scenario.record()
+    print(f"\nreal pods: apply -> Ready in {record.ready_seconds:.1f}s (2 replicas, model from a PVC)")
+    outcomes: dict[str, int] = {}
+    for request in record.requests:
+        outcomes[request["outcome"]] = outcomes.get(request["outcome"], 0) + 1
+    print(f"workers 1 -> 2 rolled in {record.rolled_seconds:.1f}s under load: {outcomes}")
+    assert record.predicted_before == record.expected
+    assert [r for r in record.requests if r["outcome"] != "ok"] == [], outcomes
+    assert len(record.requests) > 100, outcomes
+    assert record.predicted_after == record.expected

@@ -103,8 +103,19 @@ def _predictions(answers: list[dict[str, Any]]) -> list[int]:
     return labels
 
 
+def _server_containers(real_cluster: RealCluster, namespace: str) -> dict[str, tuple[str, int]]:
+    """Each server pod's container, as (container id, restart count), by pod name."""
+    pods = json.loads(real_cluster.cluster.kubectl("get", "pods", "-n", namespace, "-o", "json"))["items"]
+    containers = {}
+    for pod in pods:
+        (server,) = [c for c in pod["status"].get("containerStatuses", []) if c["name"] == "server"]
+        containers[pod["metadata"]["name"]] = (server.get("containerID", ""), server["restartCount"])
+    return containers
+
+
 def test_model_over_http_is_served_by_real_pods_through_the_cluster_ip(
     real_cluster: RealCluster,
+    alone_on_the_node: None,
     local_operator: OperatorProcess,
     model_http_server: str,
     models: dict[str, Path],
@@ -129,3 +140,15 @@ def test_model_over_http_is_served_by_real_pods_through_the_cluster_ip(
     ]
     # The model spreads its answers over the three classes: a broken pipeline would not.
     assert sorted(set(int(label) for label in expected)) == [0, 1, 2]
+
+    # The node's kubelet restarted (an upgrade, a crash): the containers keep running, so no pod
+    # and no container may be replaced, and the model serves again once the pods are ready.
+    containers = _server_containers(real_cluster, namespace)
+    stopped = time.monotonic()
+    real_cluster.node.restart("kubelet")
+    print(f"kubelet restarted: back (Lease renewed) {time.monotonic() - stopped:.1f}s after it was stopped")
+    assert _server_containers(real_cluster, namespace) == containers
+    _wait_ready(real_cluster, namespace)
+    assert _predictions(_infer_through_cluster_ip(real_cluster, namespace)) == [
+        int(label) for label in expected
+    ]
