@@ -6,9 +6,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from test_canary import Rollouts, running_rollouts
 
+from modeldeploy_localcluster.cluster import LocalCluster
 from modeldeploy_localcluster.iris_models import write_iris_models
 from modeldeploy_localcluster.standins import ModelServer, PrometheusProcess
+from operator_harness import OperatorProcess
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +49,16 @@ def start_model_server(prometheus: PrometheusProcess, tmp_path: Path) -> Iterato
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def rollouts(
+    cluster: LocalCluster,
+    operator: OperatorProcess,
+    namespace: str,
+    prometheus: PrometheusProcess,
+    tmp_path: Path,
+) -> Iterator[Rollouts]:
+    """A ModelDeployment's stand-in server processes and the load split by its status' weight."""
+    with running_rollouts(cluster, namespace, prometheus, tmp_path) as running:
+        yield running

@@ -135,18 +135,6 @@ def running_rollouts(
         stand_ins.stop()
 
 
-@pytest.fixture
-def rollouts(
-    cluster: LocalCluster,
-    operator: OperatorProcess,
-    namespace: str,
-    prometheus: PrometheusProcess,
-    tmp_path: Path,
-) -> Iterator[Rollouts]:
-    with running_rollouts(cluster, namespace, prometheus, tmp_path) as running:
-        yield running
-
-
 def deployment_model(cluster: LocalCluster, namespace: str, name: str) -> str | None:
     found = cluster.kubectl("get", "deployment", name, "-n", namespace, "-o", "json", "--ignore-not-found")
     if not found.strip():

@@ -5,17 +5,14 @@ answers (failed and all requests, latency buckets, prediction classes of both va
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_canary import CanaryRecorder, Rollouts, running_rollouts
+from test_canary import CanaryRecorder, Rollouts
 
 from kube_helpers import wait_until
-from modeldeploy_localcluster.cluster import LocalCluster
 from modeldeploy_localcluster.standins import PrometheusProcess
-from operator_harness import OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
@@ -36,18 +33,6 @@ def statistical_analysis(prometheus: PrometheusProcess) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def rollouts(
-    cluster: LocalCluster,
-    operator: OperatorProcess,
-    namespace: str,
-    prometheus: PrometheusProcess,
-    tmp_path: Path,
-) -> Iterator[Rollouts]:
-    with running_rollouts(cluster, namespace, prometheus, tmp_path) as running:
-        yield running
-
-
 def judged(recorder: CanaryRecorder) -> list[dict[str, Any]]:
     """Every check result the recorder saw, once each (the status repeats them until the next window)."""
     seen: dict[str, dict[str, Any]] = {}
@@ -56,6 +41,18 @@ def judged(recorder: CanaryRecorder) -> list[dict[str, Any]]:
             key = repr(sorted(check.items()))
             seen.setdefault(key, check)
     return list(seen.values())
+
+
+def recorded_rollout(
+    rollouts: Rollouts, model: Path, version: str, analysis: dict[str, Any]
+) -> tuple[dict[str, Any], CanaryRecorder]:
+    """The status after a rollout of `model`, and what the status showed of each step meanwhile."""
+    rollouts.start_rollout(model, version, analysis=analysis)
+    recorder = CanaryRecorder(rollouts)
+    try:
+        return rollouts.wait_for_outcome(), recorder
+    finally:
+        recorder.stop()
 
 
 def brief(check: dict[str, Any]) -> str:
@@ -70,12 +67,7 @@ def test_a_good_model_is_promoted_and_a_failing_one_rolled_back_on_evidence(
     analysis = statistical_analysis(rollouts.prometheus)
 
     # The same classifier retrained: nothing the data shows beyond chance.
-    rollouts.start_rollout(iris_models["v1-retrained"], "v2", analysis=analysis)
-    recorder = CanaryRecorder(rollouts)
-    try:
-        promoted = rollouts.wait_for_outcome()
-    finally:
-        recorder.stop()
+    promoted, recorder = recorded_rollout(rollouts, iris_models["v1-retrained"], "v2", analysis)
     assert promoted["history"][0]["outcome"] == "promoted", promoted["history"]
     assert promoted["stable"]["version"] == "v2"
     checks = [check for check in judged(recorder) if check["name"] != "samples"]
@@ -101,12 +93,7 @@ def test_a_good_model_is_promoted_and_a_failing_one_rolled_back_on_evidence(
     )
 
     # A model that lost a class answers about a third of its requests with a 500.
-    rollouts.start_rollout(iris_models["v2-lost-a-class"], "v3", analysis=analysis)
-    recorder = CanaryRecorder(rollouts)
-    try:
-        rejected = rollouts.wait_for_outcome()
-    finally:
-        recorder.stop()
+    rejected, recorder = recorded_rollout(rollouts, iris_models["v2-lost-a-class"], "v3", analysis)
     assert rejected["history"][0]["outcome"] == "rolledBack", [brief(check) for check in judged(recorder)]
     assert rejected["rejected"]["version"] == "v3"
     # The window that decides clears status.canary in the same write; its evidence is in the history.

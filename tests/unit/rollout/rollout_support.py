@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -88,3 +89,30 @@ def step(
 def roundtrip(status: ModelDeploymentStatus) -> ModelDeploymentStatus:
     """The status as the API server stores it and a restarted operator reads it back."""
     return ModelDeploymentStatus.model_validate_json(status.model_dump_json(by_alias=True, exclude_none=True))
+
+
+# Analysis windows as the Prometheus layer answers them.
+WINDOW = timedelta(minutes=5)
+CANARY = 'model="iris",namespace="ml",variant="canary"'
+STABLE = 'model="iris",namespace="ml",variant="stable"'
+REQUESTS = 'endpoint=~"infer|predict"'
+
+
+@dataclass(frozen=True)
+class Point:
+    """A series as the Prometheus layer decodes it."""
+
+    value: float
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def one(value: float) -> list[Point]:
+    return [Point(value)]
+
+
+def by_name(checks: list[CheckResult]) -> dict[str, CheckResult]:
+    return {check.name: check for check in checks}
+
+
+def verdicts(checks: list[CheckResult]) -> dict[str, str]:
+    return {check.name: check.verdict for check in checks}

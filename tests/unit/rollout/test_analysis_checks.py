@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, get_args
 
 import pytest
+from rollout_support import CANARY, REQUESTS, STABLE, WINDOW, Point, by_name, one, verdicts
 
 from modeldeploy_operator import prometheus
 from modeldeploy_operator.analysis import (
@@ -25,23 +24,6 @@ from modeldeploy_operator.analysis import (
 )
 from modeldeploy_operator.spec import BUILT_IN_CHECKS, Analysis, CheckResult, CustomCheck
 from modeldeploy_serving.routes import classify_path
-
-WINDOW = timedelta(minutes=5)
-CANARY = 'model="iris",namespace="ml",variant="canary"'
-STABLE = 'model="iris",namespace="ml",variant="stable"'
-REQUESTS = 'endpoint=~"infer|predict"'
-
-
-@dataclass(frozen=True)
-class Point:
-    """A series as the Prometheus layer decodes it."""
-
-    value: float
-    labels: Mapping[str, str] = field(default_factory=dict)
-
-
-def one(value: float) -> list[Point]:
-    return [Point(value)]
 
 
 def analysis(**fields: Any) -> Analysis:
@@ -70,14 +52,6 @@ def healthy() -> dict[str, QueryResult]:
         "predictionShift/values/canary": [],
         "predictionShift/values/stable": [],
     }
-
-
-def by_name(checks: list[CheckResult]) -> dict[str, CheckResult]:
-    return {check.name: check for check in checks}
-
-
-def verdicts(checks: list[CheckResult]) -> dict[str, str]:
-    return {check.name: check.verdict for check in checks}
 
 
 # The queries.

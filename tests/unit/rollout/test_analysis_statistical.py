@@ -4,20 +4,14 @@ error rate each test gets, and the verdicts with their tests, samples, effects a
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 import pytest
+from rollout_support import CANARY, REQUESTS, STABLE, WINDOW, Point, by_name, one, verdicts
 
 from modeldeploy_operator.analysis import AnalysisPlan, QueryFailure, QueryResult, evaluate, plan_analysis
-from modeldeploy_operator.spec import Analysis, CheckResult, ModelDeploymentSpec, Rollout
+from modeldeploy_operator.spec import Analysis, ModelDeploymentSpec, Rollout
 
-WINDOW = timedelta(minutes=5)
-CANARY = 'model="iris",namespace="ml",variant="canary"'
-STABLE = 'model="iris",namespace="ml",variant="stable"'
-REQUESTS = 'endpoint=~"infer|predict"'
 BOUNDS = (
     "0.001",
     "0.0025",
@@ -34,18 +28,6 @@ BOUNDS = (
     "10",
     "+Inf",
 )
-
-
-@dataclass(frozen=True)
-class Point:
-    """A series as the Prometheus layer decodes it."""
-
-    value: float
-    labels: Mapping[str, str] = field(default_factory=dict)
-
-
-def one(value: float) -> list[Point]:
-    return [Point(value)]
 
 
 def buckets(**per_bucket: float) -> list[Point]:
@@ -87,14 +69,6 @@ def healthy() -> dict[str, QueryResult]:
         "predictionShift/values/canary": [],
         "predictionShift/values/stable": [],
     }
-
-
-def by_name(checks: list[CheckResult]) -> dict[str, CheckResult]:
-    return {check.name: check for check in checks}
-
-
-def verdicts(checks: list[CheckResult]) -> dict[str, str]:
-    return {check.name: check.verdict for check in checks}
 
 
 # The queries and the error rate's split.
