@@ -47,7 +47,7 @@ from modeldeploy_serving.metric_names import (
 from . import verdicts
 from .builders import Variant
 from .spec import ERROR_RATE, LATENCY, PREDICTION_SHIFT, SAMPLES, Analysis, CheckResult
-from .verdicts import Histogram, TestOutcome
+from .verdicts import PSI_SHARE_FLOOR, Histogram, TestOutcome, population_stability_index
 
 __all__ = [
     "PREDICTION_ENDPOINTS",
@@ -68,7 +68,6 @@ __all__ = [
 # The server's endpoints that predict (see modeldeploy_serving.routes); health probes and
 # metadata calls are counted too, but say nothing about the model and would inflate the samples.
 PREDICTION_ENDPOINTS = ("infer", "predict")
-PSI_SHARE_FLOOR = 1e-4
 
 QueryFailureKind = Literal["unreachable", "timeout", "http", "bad-query", "bad-response", "not-allowed"]
 
@@ -772,17 +771,6 @@ def _bucket_counts(vector: Sequence[Series]) -> dict[str, float]:
 
 def _total(counts: Mapping[str, float]) -> float:
     return sum(counts.values())
-
-
-def population_stability_index(canary: Mapping[str, float], stable: Mapping[str, float]) -> float:
-    """PSI between two distributions given as counts per category (both with a positive total)."""
-    canary_total, stable_total = _total(canary), _total(stable)
-    index = 0.0
-    for category in set(canary) | set(stable):
-        canary_share = max(canary.get(category, 0.0) / canary_total, PSI_SHARE_FLOOR)
-        stable_share = max(stable.get(category, 0.0) / stable_total, PSI_SHARE_FLOOR)
-        index += (canary_share - stable_share) * math.log(canary_share / stable_share)
-    return index
 
 
 def evaluate(plan: AnalysisPlan, results: Mapping[str, QueryResult]) -> list[CheckResult]:

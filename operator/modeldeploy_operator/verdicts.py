@@ -50,8 +50,8 @@ __all__ = [
     "normal_quantile",
     "normal_sf",
     "per_test_alpha",
+    "population_stability_index",
     "prediction_shift",
-    "psi",
     "quantile_bucket",
     "regularized_beta",
     "regularized_gamma_q",
@@ -70,7 +70,7 @@ TestName = Literal[
 Histogram = Sequence[tuple[float, float]]
 
 # Shares below this count as this much, so a category only one model predicted is a large, finite
-# shift (the same floor the threshold method's PSI uses).
+# shift (for both analysis methods).
 PSI_SHARE_FLOOR = 1e-4
 _ITERATIONS = 10_000
 _EPSILON = 1e-15
@@ -487,7 +487,7 @@ def latency_distribution(
     )
 
 
-def psi(canary: Mapping[str, float], stable: Mapping[str, float]) -> float:
+def population_stability_index(canary: Mapping[str, float], stable: Mapping[str, float]) -> float:
     """Population stability index between two distributions given as counts per category (both with a
     positive total): Σ (c_i - s_i) · ln(c_i / s_i) over the shares, each floored at PSI_SHARE_FLOOR."""
     canary_total, stable_total = sum(canary.values()), sum(stable.values())
@@ -515,7 +515,7 @@ def prediction_shift(
     n_c, n_s = round(sum(canary_counts.values())), round(sum(stable_counts.values()))
     categories = len(set(canary_counts) | set(stable_counts))
     scale = 1 / n_c + 1 / n_s
-    observed = psi(canary_counts, stable_counts)
+    observed = population_stability_index(canary_counts, stable_counts)
     df = categories - 1
     if df < 1:
         # One category on both sides: the distributions are identical.

@@ -23,8 +23,8 @@ from modeldeploy_operator.verdicts import (
     normal_quantile,
     normal_sf,
     per_test_alpha,
+    population_stability_index,
     prediction_shift,
-    psi,
     regularized_beta,
     spent_alpha,
     tail_limit,
@@ -333,16 +333,18 @@ def test_latency_tests_with_empty_buckets_between() -> None:
 
 
 def test_psi_by_hand() -> None:
-    assert psi({"a": 50, "b": 50}, {"a": 50, "b": 50}) == 0.0
+    assert population_stability_index({"a": 50, "b": 50}, {"a": 50, "b": 50}) == 0.0
     expected = (0.6 - 0.4) * math.log(0.6 / 0.4) + (0.4 - 0.6) * math.log(0.4 / 0.6)
-    assert psi({"a": 60, "b": 40}, {"a": 40, "b": 60}) == pytest.approx(expected)
+    assert population_stability_index({"a": 60, "b": 40}, {"a": 40, "b": 60}) == pytest.approx(expected)
 
 
 def test_prediction_shift_p_value_is_the_noncentral_chi_square_at_the_bound() -> None:
     canary, stable = {"a": 60, "b": 40}, {"a": 530, "b": 370}
     outcome = prediction_shift(canary, stable, 0.2, 0.01)
     scale = 1 / 100 + 1 / 900
-    assert outcome.p_value == pytest.approx(stats.ncx2.sf(psi(canary, stable) / scale, 1, 0.2 / scale))
+    assert outcome.p_value == pytest.approx(
+        stats.ncx2.sf(population_stability_index(canary, stable) / scale, 1, 0.2 / scale)
+    )
     assert not outcome.failed
     assert outcome.low == 0.0
     assert outcome.high < 0.2
@@ -359,7 +361,7 @@ def test_prediction_shift_subtracts_the_bias_of_small_samples() -> None:
         for _ in range(100):
             canary[rng.choice(classes)] += 1
             stable[rng.choice(classes)] += 1
-        raw.append(psi(canary, stable))
+        raw.append(population_stability_index(canary, stable))
         effects.append(prediction_shift(canary, stable, 0.2, 0.01).effect)
     assert sum(raw) / len(raw) == pytest.approx(0.18, rel=0.15)
     assert sum(effects) / len(effects) < 0.05
@@ -370,7 +372,9 @@ def test_prediction_shift_keeps_its_level_at_the_bound() -> None:
     rng = random.Random(5)  # noqa: S311 - reproducible samples, not secrets
     stable_shares = (0.5, 0.5)
     canary_shares = (0.5 + 0.1106, 0.5 - 0.1106)  # PSI ≈ 0.0497
-    bound = psi(dict(zip("ab", canary_shares, strict=True)), dict(zip("ab", stable_shares, strict=True)))
+    bound = population_stability_index(
+        dict(zip("ab", canary_shares, strict=True)), dict(zip("ab", stable_shares, strict=True))
+    )
     alpha, runs, failed = 0.01, 300, 0
     for _ in range(runs):
         canary_a = sum(rng.random() < canary_shares[0] for _ in range(400))
