@@ -85,6 +85,10 @@ SERVER_KEEP_ALIVE_FAREWELL_SECONDS = 2
 # A server process may take this long (period times failures: 3 min) to start listening before the
 # kubelet restarts it; the model itself loads after that, reported by readiness, not liveness.
 STARTUP_PROBE_PERIOD_SECONDS = 2
+# How long one readiness or liveness probe may take. The kubelet's default, 1 s, timed out on the real
+# node while the server's CPU was busy with other pods' inference (two cores, three rollouts at once):
+# three such misses in a row take a healthy pod out of its Service, or restart it.
+PROBE_TIMEOUT_SECONDS = 3
 STARTUP_PROBE_FAILURES = 90
 # How long in-flight requests may take to finish once the farewell window has passed.
 SERVER_GRACEFUL_SHUTDOWN_SECONDS = 25
@@ -273,6 +277,7 @@ def _server_container(
         "readinessProbe": {
             "httpGet": {"path": "/v2/health/ready", "port": "http"},
             "periodSeconds": 5,
+            "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
             "failureThreshold": 3,
         },
         # Until the process listens, the other probes wait: on a busy real node, eight server pods
@@ -286,6 +291,7 @@ def _server_container(
         "livenessProbe": {
             "httpGet": {"path": "/v2/health/live", "port": "http"},
             "periodSeconds": 10,
+            "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
             "failureThreshold": 3,
         },
         # The kubelet's own sleep (no shell or sleep binary needed in the image).
