@@ -210,9 +210,7 @@ def public_gateway(real_cluster: RealCluster, traefik: TraefikGateway) -> dict[s
 
 
 @pytest.fixture(scope="session")
-def side_by_side(
-    request: pytest.FixtureRequest, real_cluster: RealCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[SideBySide]:
+def side_by_side(real_cluster: RealCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SideBySide]:
     """The selected tests' scenarios, all started at once (see side_by_side.py)."""
     runner = SideBySide(
         lambda: restricted_namespace(real_cluster),

@@ -24,7 +24,7 @@ import pytest
 from conftest import RealCluster
 from side_by_side import RunningScenario
 from test_canary_on_real_pods import Load, Observer, _manifest, _wait
-from test_real_pods import _wait_ready
+from test_real_pods import _server_container, _wait_ready
 
 from modeldeploy_localcluster.pod_prometheus import PodPrometheus
 from modeldeploy_operator.builders import label_selector
@@ -44,11 +44,6 @@ def _canary_pod(observer: Observer) -> dict[str, Any]:
     running = [pod for pod in pods if not pod["metadata"].get("deletionTimestamp")]
     assert len(running) == 1, [pod["metadata"]["name"] for pod in pods]
     return running[0]
-
-
-def _server_container(pod: dict[str, Any]) -> dict[str, Any]:
-    (server,) = [c for c in pod["status"]["containerStatuses"] if c["name"] == "server"]
-    return server
 
 
 def _window_started_after(observer: Observer, moment: float) -> bool:

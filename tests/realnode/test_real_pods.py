@@ -103,12 +103,18 @@ def _predictions(answers: list[dict[str, Any]]) -> list[int]:
     return labels
 
 
+def _server_container(pod: dict[str, Any]) -> dict[str, Any]:
+    """The status of a server pod's one server container."""
+    (server,) = [c for c in pod["status"].get("containerStatuses", []) if c["name"] == "server"]
+    return server
+
+
 def _server_containers(real_cluster: RealCluster, namespace: str) -> dict[str, tuple[str, int]]:
     """Each server pod's container, as (container id, restart count), by pod name."""
     pods = json.loads(real_cluster.cluster.kubectl("get", "pods", "-n", namespace, "-o", "json"))["items"]
     containers = {}
     for pod in pods:
-        (server,) = [c for c in pod["status"].get("containerStatuses", []) if c["name"] == "server"]
+        server = _server_container(pod)
         containers[pod["metadata"]["name"]] = (server.get("containerID", ""), server["restartCount"])
     return containers
 
