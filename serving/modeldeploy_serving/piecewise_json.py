@@ -72,21 +72,17 @@ def loads(body: bytes) -> Any:
         previous = end + 1
     offsets.append((length, previous))
     skeleton.append(body[previous:])
+    joined = b"".join(skeleton)
     try:
-        parsed = orjson.loads(b"".join(skeleton))
+        parsed = orjson.loads(joined)
     except orjson.JSONDecodeError as error:
-        if len(body) <= EXACT_ERRORS_BYTES:
-            return orjson.loads(body)
-        raise _in_body(body, error, b"".join(skeleton), offsets) from None
+        return _malformed(body, _in_body(error, joined, offsets))
     # Fewer arrays may be put back than were parsed apart: a duplicate key replaced one, as in orjson.
     parsed, as_key = _put_back(parsed, arrays, placeholder)
     if as_key is not None:
         # An array where JSON allows none: an object's key.
-        if len(body) <= EXACT_ERRORS_BYTES:
-            return orjson.loads(body)
-        start = spans[as_key][0]
-        raise orjson.JSONDecodeError(
-            "unexpected character, expected a string key", _decoded(body), _characters(body, start)
+        return _malformed(
+            body, orjson.JSONDecodeError("unexpected character, expected a string key", "", spans[as_key][0])
         )
     return parsed
 
@@ -210,18 +206,16 @@ def _malformed(body: bytes, error: orjson.JSONDecodeError) -> Any:
     `error`, whose position is a byte offset in the body, made a character position."""
     if len(body) <= EXACT_ERRORS_BYTES:
         return orjson.loads(body)
-    raise orjson.JSONDecodeError(error.msg, _decoded(body), _characters(body, error.pos))
+    raise orjson.JSONDecodeError(error.msg, body.decode("utf-8", "replace"), _characters(body, error.pos))
 
 
 def _in_body(
-    body: bytes, error: orjson.JSONDecodeError, skeleton: bytes, offsets: list[tuple[int, int]]
+    error: orjson.JSONDecodeError, skeleton: bytes, offsets: list[tuple[int, int]]
 ) -> orjson.JSONDecodeError:
-    """The skeleton's parse error at its position in the body."""
+    """The skeleton's parse error at its byte offset in the body."""
     position = _byte_position(skeleton, error.pos)
     part_start, body_start = max(offset for offset in offsets if offset[0] <= position)
-    return orjson.JSONDecodeError(
-        error.msg, _decoded(body), _characters(body, body_start + position - part_start)
-    )
+    return orjson.JSONDecodeError(error.msg, "", body_start + position - part_start)
 
 
 def _byte_position(text: bytes, characters: int) -> int:
@@ -232,10 +226,6 @@ def _byte_position(text: bytes, characters: int) -> int:
 def _characters(body: bytes, position: int) -> int:
     """How many characters `body[:position]` holds."""
     return len(body[:position].decode("utf-8", "replace"))
-
-
-def _decoded(body: bytes) -> str:
-    return body.decode("utf-8", "replace")
 
 
 def _put_back(parsed: Any, arrays: list[list[Any]], placeholder: str) -> tuple[Any, int | None]:
