@@ -88,11 +88,24 @@ class Rollouts:
     def status(self) -> dict[str, Any]:
         return self.load.status()
 
+    def objects(self) -> str:
+        """What the namespace holds, for a failure's message: which link of the chain is missing."""
+        listing = self.cluster.kubectl(
+            "get", "md,deployments,replicasets,pods", "-n", self.namespace, "-o", "wide", check=False
+        )
+        status = self.cluster.kubectl(
+            "get", "md", "iris", "-n", self.namespace, "-o", "jsonpath={.status}", check=False
+        )
+        return f"{listing}\nstatus of md/iris: {status}"
+
     def deploy_stable(self, model_dir: Path, version: str) -> None:
         self.apply(model_dir, version)
-        self.cluster.kubectl(
-            "wait", "--for=condition=Ready", "md/iris", "-n", self.namespace, "--timeout=90s"
-        )
+        try:
+            self.cluster.kubectl(
+                "wait", "--for=condition=Ready", "md/iris", "-n", self.namespace, "--timeout=90s"
+            )
+        except ClusterError as error:
+            raise ClusterError(f"{error}\n{self.objects()}") from error
         wait_until(lambda: "stable" in self.stand_ins.urls(), "the stable server process", timeout=60)
 
     def roll_out(self, model_dir: Path, version: str, **rollout: Any) -> dict[str, Any]:

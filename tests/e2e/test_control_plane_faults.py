@@ -299,6 +299,9 @@ def test_a_leader_cut_off_from_the_api_server_never_writes_beside_its_successor(
         finally:
             b.stop()
             a.stop()
+            # Shown by pytest only when the test failed: which replica did what, and when.
+            for name, replica in (("A", a), ("B", b)):
+                print(f"--- the end of operator {name}'s log:\n{replica.log_text()[-6000:]}")
     for operator in (a, b):
         assert "Traceback" not in operator.log_text(), operator.log_text()[-5000:]
 
