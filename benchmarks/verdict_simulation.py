@@ -2,7 +2,7 @@
 
 Fast enough for thousands of rollouts, and close to what the operator sees from real servers:
 
-- Each variant is one server target scraped every `SCRAPE_SECONDS` at its own phase. Requests
+- Each variant is one server target scraped every `SCRAPE_SECONDS` (or as told) at its own phase. Requests
   arrive as a Poisson process at the variant's share of the traffic (the step's effective weight,
   as `rollout.placement` says), each fails with the variant's error rate, and its latency falls
   into the server's own histogram buckets (`modeldeploy_serving.metrics.LATENCY_BUCKETS`) with
@@ -174,6 +174,7 @@ class Target:
     phase: float
     rng: np.random.Generator
     preexisting: bool
+    scrape_seconds: float = SCRAPE_SECONDS
     counters: npt.NDArray[np.float64] = field(init=False)
     times: list[float] = field(default_factory=list)
     snapshots: list[npt.NDArray[np.float64]] = field(default_factory=list)
@@ -210,7 +211,7 @@ class Target:
             self._expected = 0.0
             self.times.append(self._clock)
             self.snapshots.append(self.counters.copy())
-            self._next_scrape += SCRAPE_SECONDS
+            self._next_scrape += self.scrape_seconds
         self._expected += rate * (until - self._clock)
         self._clock = until
 
@@ -256,12 +257,17 @@ class Simulation:
 
     @classmethod
     def start(
-        cls, stable: Behaviour, canary: Behaviour, requests_per_second: float, rng: np.random.Generator
+        cls,
+        stable: Behaviour,
+        canary: Behaviour,
+        requests_per_second: float,
+        rng: np.random.Generator,
+        scrape_seconds: float = SCRAPE_SECONDS,
     ) -> Simulation:
-        phases = rng.uniform(0, SCRAPE_SECONDS, size=2)
+        phases = rng.uniform(0, scrape_seconds, size=2)
         simulation = cls(
-            Target(stable, float(phases[0]), rng, preexisting=True),
-            Target(canary, float(phases[1]), rng, preexisting=False),
+            Target(stable, float(phases[0]), rng, preexisting=True, scrape_seconds=scrape_seconds),
+            Target(canary, float(phases[1]), rng, preexisting=False, scrape_seconds=scrape_seconds),
             requests_per_second,
         )
         simulation.stable.seed_history(requests_per_second)
@@ -340,18 +346,32 @@ class Outcome:
     """The checks of the last analysis that did not pass (failed, or inconclusive without a failure)."""
 
 
-def rollout_spec(step_seconds: int, overrides: Mapping[str, Any] | None = None) -> ModelDeploymentSpec:
-    """The default settings with steps [10, 50]; ten pods so the replicas provider splits the traffic
-    at exactly the steps' weights. `overrides` go into spec.rollout.analysis."""
+REPLICAS = 10
+
+
+def rollout_settings(
+    step_seconds: int, analysis: Mapping[str, Any] | None = None, **rollout: Any
+) -> dict[str, Any]:
+    """spec.rollout of every benchmarked rollout: the default settings with steps [10, 50],
+    `analysis` in spec.rollout.analysis and `rollout` in spec.rollout."""
+    return {
+        "steps": [10, 50],
+        "stepDuration": f"{step_seconds}s",
+        "analysis": dict(analysis or {}),
+        **rollout,
+    }
+
+
+def rollout_spec(
+    step_seconds: int, analysis: Mapping[str, Any] | None = None, **rollout: Any
+) -> ModelDeploymentSpec:
+    """The spec of a benchmarked rollout, with `REPLICAS` pods so the replicas provider splits the
+    traffic at exactly the steps' weights."""
     return ModelDeploymentSpec.model_validate(
         {
             "model": {"uri": "s3://models/model/2.skops", "version": "2"},
-            "replicas": 10,
-            "rollout": {
-                "steps": [10, 50],
-                "stepDuration": f"{step_seconds}s",
-                "analysis": dict(overrides or {}),
-            },
+            "replicas": REPLICAS,
+            "rollout": rollout_settings(step_seconds, analysis, **rollout),
         }
     )
 
@@ -369,10 +389,11 @@ def simulate_rollout(
     requests_per_second: float,
     rng: np.random.Generator,
     *,
+    scrape_seconds: float = SCRAPE_SECONDS,
     limit_seconds: float = 4 * 3600,
 ) -> Outcome:
     """One rollout of `canary` beside `stable`, decided by the operator's own code."""
-    simulation = Simulation.start(stable, canary, requests_per_second, rng)
+    simulation = Simulation.start(stable, canary, requests_per_second, rng, scrape_seconds)
     status = decide(spec, _stable_status(), _START).status
     now = _START
     analysis = spec.rollout.analysis

@@ -333,6 +333,13 @@ class _Counts:
             )
         return ""
 
+    def short(self, *, compares: bool) -> bool:
+        """Whether too few requests, counted (not unknown), keep a check that compares with the stable
+        model or not from its verdict."""
+        canary_short = self.canary is not None and self.canary < self.min_samples
+        stable_short = compares and self.stable is not None and self.stable < self.min_samples
+        return canary_short or stable_short
+
 
 Verdict = Literal["pass", "fail", "inconclusive"]
 
@@ -373,6 +380,7 @@ class _Judge:
                 "alpha": outcome.alpha,
             }
         )
+        short = verdict == "inconclusive" and self.counts.short(compares=bool(baseline_key))
         return CheckResult(
             name=name,
             query=self.plan.queries.get(key, ""),
@@ -381,6 +389,7 @@ class _Judge:
             baseline=baseline,
             samples=self.counts.canary,
             stable_samples=self.counts.stable,
+            samples_needed=float(self.counts.min_samples) if short else None,
             verdict=verdict,
             message=message,
             **statistics,

@@ -158,6 +158,11 @@ def detail(body: Mapping[str, Any], now: datetime) -> str:
             f", step began {_age(canary.get('stepStartedAt'), now)} ago"
             + (", PAUSED" if canary.get("pausedAt") else "")
         )
+        if canary.get("analysisEndsAt"):
+            lines.append(
+                f"  Window:   waits for requests, from {canary.get('analysisStartedAt', '-')}"
+                f" to {canary['analysisEndsAt']}"
+            )
         checks = canary.get("checks", [])
         if checks:
             lines += ["", *("  " + line for line in checks_table(checks).splitlines())]

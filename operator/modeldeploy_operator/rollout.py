@@ -29,6 +29,7 @@ at its step for as long as it is set.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,6 +38,7 @@ from typing import Literal
 from .analysis import overall_verdict
 from .builders import model_revision
 from .spec import (
+    SAMPLES,
     CanaryStatus,
     CheckResult,
     HistoryEntry,
@@ -63,6 +65,7 @@ __all__ = [
     "StepAnalysis",
     "analysis_window",
     "decide",
+    "extended_window_end",
     "next_analysis_at",
     "placement",
     "progress_deadline",
@@ -78,6 +81,10 @@ _ONE_SHOT_REQUESTS = (ANNOTATION_RETRY, ANNOTATION_ABORT, ANNOTATION_PROMOTE)
 
 HISTORY_LIMIT = 10
 _CHECKS_LIMIT = 32
+# One window's traffic predicts the next one's only roughly (Poisson noise, increase()'s extrapolation
+# at the window's edges): an extended window asks for a fifth more than the estimate, so that one
+# extension is usually enough.
+_EXTENSION_MARGIN = 1.2
 
 
 @dataclass(frozen=True)
@@ -206,10 +213,15 @@ def analysis_window(
     if canary is None or canary.paused_at is not None:
         return None
     start = canary.analysis_started_at or canary.step_started_at
-    end = start + _step_duration(spec)
+    end = _window_end(spec, canary)
     if now < end:
         return None
     return AnalysisWindow(revision=canary.revision, step=canary.step, start=start, end=end)
+
+
+def _window_end(spec: ModelDeploymentSpec, canary: CanaryStatus) -> datetime:
+    start = canary.analysis_started_at or canary.step_started_at
+    return canary.analysis_ends_at or start + _step_duration(spec)
 
 
 def next_analysis_at(spec: ModelDeploymentSpec, status: ModelDeploymentStatus) -> datetime | None:
@@ -221,7 +233,42 @@ def next_analysis_at(spec: ModelDeploymentSpec, status: ModelDeploymentStatus) -
     canary = status.canary
     if canary is None or canary.paused_at is not None:
         return None
-    return (canary.analysis_started_at or canary.step_started_at) + _step_duration(spec)
+    return _window_end(spec, canary)
+
+
+def extended_window_end(
+    spec: ModelDeploymentSpec, canary: CanaryStatus, window: AnalysisWindow, checks: Sequence[CheckResult]
+) -> datetime | None:
+    """Where a window whose checks lacked only requests ends instead, or None when it lacked more (a
+    count it could not make, a query that failed) or cannot grow (it reached the progress deadline).
+
+    The new end is where the window's own traffic says every variant a waiting check needs will
+    have served `samplesNeeded` requests, with a margin; a variant that served none gives no rate,
+    and the window grows by a stepDuration. It grows by at least a quarter of stepDuration, so a
+    Prometheus scrape or more lands in the extension, and never past the progress deadline, where
+    the step is judged one last time on everything it saw.
+    """
+    waiting = [check for check in checks if check.verdict == "inconclusive"]
+    if not waiting or any(check.samples_needed is None for check in waiting):
+        return None
+    deadline = progress_deadline(spec, canary)
+    if window.end >= deadline:
+        return None
+    seconds = window.duration.total_seconds()
+    step_seconds = _step_duration(spec).total_seconds()
+    growth = 1.0
+    for check in waiting:
+        needed = check.samples_needed or 0.0
+        # The samples check counts the canary only; the others compare with the stable model when
+        # they have its query.
+        compares = check.name != SAMPLES and bool(check.baseline_query)
+        served = [check.samples, check.stable_samples] if compares else [check.samples]
+        for count in served:
+            if count is not None and count < needed:
+                growth = max(growth, needed / count if count > 0 else math.inf)
+    wanted = seconds + step_seconds if math.isinf(growth) else seconds * growth * _EXTENSION_MARGIN
+    wanted = max(wanted, seconds + max(step_seconds / 4, 10.0))
+    return min(window.start + timedelta(seconds=math.ceil(wanted)), deadline)
 
 
 def _describe(uri: str, version: str | None) -> str:
@@ -246,6 +293,10 @@ class _Machine:
     def update_canary(self, **changes: object) -> None:
         assert self.status.canary is not None  # only called during a rollout
         self.update(canary=self.status.canary.model_copy(update=changes))
+
+    def restart_window(self, **changes: object) -> None:
+        """A new analysis window from now, of stepDuration, with `changes` to the canary's status."""
+        self.update_canary(analysis_started_at=self.now, analysis_ends_at=None, **changes)
 
     @property
     def steps(self) -> list[int]:
@@ -384,10 +435,9 @@ class _Machine:
         elif not paused and canary.paused_at is not None:
             # The pause does not count against the step's deadline; the analysis starts a fresh window,
             # since the one before the pause may be partly stale.
-            self.update_canary(
+            self.restart_window(
                 paused_at=None,
                 step_started_at=canary.step_started_at + (self.now - canary.paused_at),
-                analysis_started_at=self.now,
             )
             self.emit("Normal", "RolloutResumed", f"Resumed at {self.step_label(canary.step)}")
 
@@ -413,10 +463,14 @@ class _Machine:
             ready = pods.ready
         if ready:
             if canary.pods_ready_at is None:
-                self.update_canary(pods_ready_at=self.now, analysis_started_at=self.now)
-        elif canary.pods_ready_at is not None or canary.analysis_started_at != self.now:
+                self.restart_window(pods_ready_at=self.now)
+        elif (
+            canary.pods_ready_at is not None
+            or canary.analysis_started_at != self.now
+            or canary.analysis_ends_at is not None
+        ):
             # Until they are ready the window keeps starting now: it ends a step's length after they are.
-            self.update_canary(pods_ready_at=None, analysis_started_at=self.now)
+            self.restart_window(pods_ready_at=None)
 
     # Judging the analysis.
 
@@ -437,6 +491,17 @@ class _Machine:
             self.advance("Every check passed")
             return
         limits = self.spec.rollout
+        if verdict == "inconclusive" and limits.wait_for_samples and limits.analysis.on_no_data == "hold":
+            end = extended_window_end(self.spec, canary, analysis.window, checks)
+            if end is not None:
+                self.update_canary(analysis_ends_at=end)
+                self.emit(
+                    "Normal",
+                    "WindowExtended",
+                    f"{self.step_label(canary.step, first=True)} waits for requests: {_summary(checks, 'inconclusive')};"
+                    f" its window now ends at {end:%Y-%m-%dT%H:%M:%SZ}, when the traffic so far gives enough",
+                )
+                return
         if verdict == "fail" or limits.analysis.on_no_data == "fail":
             failures = canary.failures + 1
             summary = _summary(checks, "fail") or _summary(checks, "inconclusive")
@@ -447,7 +512,7 @@ class _Machine:
                     f"{self.step_label(canary.step, first=True)} failed: {summary}",
                 )
                 return
-            self.update_canary(failures=failures, inconclusive=0, analysis_started_at=self.now)
+            self.restart_window(failures=failures, inconclusive=0)
             self.emit(
                 "Warning",
                 "StepFailed",
@@ -464,7 +529,7 @@ class _Machine:
                 f"{inconclusive} analyses in a row without a verdict at {self.step_label(canary.step)}: {summary}",
             )
             return
-        self.update_canary(inconclusive=inconclusive, analysis_started_at=self.now)
+        self.restart_window(inconclusive=inconclusive)
         self.emit(
             "Normal",
             "StepInconclusive",
@@ -478,12 +543,17 @@ class _Machine:
             return
         if self.now > progress_deadline(self.spec, canary):
             waited_for_pods = canary.pods_ready_at is None and canary.analysis_started_at == self.now
+            short = [check for check in canary.checks if check.samples_needed is not None]
+            why = ""
+            if waited_for_pods:
+                why = ": the canary's pods never became ready"
+            elif short:
+                why = f": {_summary(short, 'inconclusive')}"
             self.reject(
                 "rolledBack",
                 "ProgressDeadlineExceeded",
                 f"{self.step_label(canary.step, first=True)} ran longer than the progress deadline of"
-                f" {self.spec.rollout.progress_deadline} without a verdict"
-                + (": the canary's pods never became ready" if waited_for_pods else ""),
+                f" {self.spec.rollout.progress_deadline} without a verdict{why}",
             )
 
     # Transitions.
@@ -496,11 +566,10 @@ class _Machine:
             self.promote(f"{why} at the last step")
             return
         weight = self.steps[step]
-        self.update_canary(
+        self.restart_window(
             step=step,
             weight=weight,
             step_started_at=self.now,
-            analysis_started_at=self.now,
             inconclusive=0,
             # The step's pods are counted afresh (a larger step needs more of them).
             pods_ready_at=None,

@@ -661,6 +661,14 @@ class Rollout(CamelModel):
     """Analysis windows in a row without a verdict (too little data, Prometheus unreachable) tolerated
     before the rollout is rolled back."""
 
+    wait_for_samples: bool = True
+    """A window in which the canary, or the stable model a check compares with, served fewer than
+    analysis.minSamples requests is extended rather than analysed again from scratch: its requests keep
+    counting and it ends when the traffic seen so far says both will have enough (at the latest at the
+    progress deadline), so a model with little traffic is judged on as many requests as a busy one.
+    Such a window does not count against inconclusiveLimit. false (or analysis.onNoData fail) starts a
+    new window and counts it."""
+
     progress_deadline: Duration = "30m"
     """Longest time one step may last before the rollout is rolled back; never shorter than stepDuration,
     and time paused does not count."""
@@ -779,6 +787,10 @@ class CheckResult(CamelModel):
     stable_samples: float | None = None
     """Requests the stable model served in the window."""
 
+    samples_needed: float | None = None
+    """Set when the check had no verdict for lack of requests: how many the canary, and the stable model
+    where the check compares with it, must serve in a window before it gives one."""
+
     test: str | None = None
     """With method statistical: the test that decided (exact-binomial, conditional-binomial,
     berger-boos-binomial, mann-whitney or noncentral-chi2); the message names the check's other tests."""
@@ -848,6 +860,10 @@ class CanaryStatus(CamelModel):
     analysis_started_at: datetime | None = None
     """When the current analysis window began (stepStartedAt when unset); a step that ends without passing
     (within the limits) runs another window."""
+
+    analysis_ends_at: datetime | None = None
+    """When the current analysis window ends, where it was extended because a variant had served too few
+    requests (spec.rollout.waitForSamples); stepDuration after analysisStartedAt when unset."""
 
     paused_at: datetime | None = None
     """When the rollout was paused through the modeldeploy.io/paused annotation; unset while it runs."""

@@ -37,6 +37,19 @@ REQUESTS_PER_SECOND = 30
 STEP_SECONDS = 8
 
 
+def analysis_settings(prometheus: PrometheusProcess, **overrides: Any) -> dict[str, Any]:
+    """spec.rollout.analysis of these tests, with `overrides`."""
+    return {
+        "prometheusAddress": prometheus.url,
+        "minSamples": 20,
+        "errorRate": {"maxRatio": 0.05},
+        # Latency on a shared 2-core machine is noise; the bound only catches the absurd.
+        "latency": {"maxSeconds": 2.0, "maxIncreaseRatio": 1000},
+        "predictionShift": {"maxShift": 0.2},
+        **overrides,
+    }
+
+
 def manifest(model_dir: Path, version: str, prometheus: PrometheusProcess, **rollout: Any) -> str:
     return json.dumps(
         {
@@ -50,14 +63,7 @@ def manifest(model_dir: Path, version: str, prometheus: PrometheusProcess, **rol
                     "steps": [25, 50],
                     "stepDuration": f"{STEP_SECONDS}s",
                     "progressDeadline": "3m",
-                    "analysis": {
-                        "prometheusAddress": prometheus.url,
-                        "minSamples": 20,
-                        "errorRate": {"maxRatio": 0.05},
-                        # Latency on a shared 2-core machine is noise; the bound only catches the absurd.
-                        "latency": {"maxSeconds": 2.0, "maxIncreaseRatio": 1000},
-                        "predictionShift": {"maxShift": 0.2},
-                    },
+                    "analysis": analysis_settings(prometheus),
                     **rollout,
                 },
             },
@@ -224,6 +230,32 @@ def test_a_good_model_is_promoted_step_by_step_and_a_different_one_rolled_back(
     assert (
         metric_total(metrics, "modeldeploy_operator_rollout_canary_weight_percent", namespace=namespace) == 0
     )
+
+
+def test_a_step_short_of_requests_waits_for_them_and_is_judged_on_all_of_them(
+    rollouts: Rollouts, iris_models: dict[str, Path]
+) -> None:
+    # 30 requests a second, a third or a half of them to the canary: an 8-second window holds 80 to 120
+    # canary requests, short of 150, so each step's window grows until it has them.
+    needed = 150
+    rollouts.deploy_stable(iris_models["v1"], "v1")
+    recorder = CanaryRecorder(rollouts)
+    outcome = rollouts.roll_out(
+        iris_models["v1-retrained"],
+        "v2",
+        analysis=analysis_settings(rollouts.prometheus, minSamples=needed),
+    )
+    recorder.stop()
+    assert outcome["history"][0]["outcome"] == "promoted", outcome["history"]
+    assert rollouts.events("WindowExtended") >= 1
+    waiting = [sample for sample in recorder.samples if sample.get("analysisEndsAt")]
+    assert waiting, recorder.samples
+    short = waiting[0]["checks"][0]
+    assert (short["name"], short["verdict"], short["samplesNeeded"]) == ("samples", "inconclusive", needed)
+    assert short["samples"] < needed, short
+    # The window that passed the first step, grown from the step's start, counted at least 150.
+    passed = next(sample["checks"] for sample in recorder.samples if sample["step"] == 1 and sample["checks"])
+    assert passed[0]["verdict"] == "pass" and passed[0]["samples"] >= needed, passed
 
 
 def test_a_model_that_fails_some_requests_is_rolled_back(

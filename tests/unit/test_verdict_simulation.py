@@ -142,11 +142,20 @@ def test_a_failing_model_is_rolled_back_after_its_first_window() -> None:
     assert (outcome.outcome, outcome.reason, outcome.seconds) == ("rolledBack", "AnalysisFailed", 300.0)
 
 
-def test_a_model_without_enough_traffic_is_rolled_back_for_no_verdict() -> None:
-    outcome = simulate_rollout(rollout_spec(300), GOOD, GOOD, 1.0, np.random.default_rng(1))
+def test_a_model_without_enough_traffic_is_rolled_back_for_no_verdict_when_windows_restart() -> None:
+    spec = rollout_spec(300, waitForSamples=False)
+    outcome = simulate_rollout(spec, GOOD, GOOD, 1.0, np.random.default_rng(1))
     # Four windows of 30 canary requests, below minSamples, then the inconclusive limit of 3.
     assert (outcome.outcome, outcome.reason, outcome.seconds) == (
         "rolledBack",
         "InconclusiveLimitReached",
         1200.0,
     )
+
+
+def test_a_model_without_enough_traffic_is_promoted_when_its_windows_wait_for_samples() -> None:
+    outcome = simulate_rollout(rollout_spec(300), GOOD, GOOD, 1.0, np.random.default_rng(1))
+    # About 0.1 canary requests a second at the first step: 50 of them take about 500 s, not 300;
+    # at the second step (0.5 a second) 300 s are enough.
+    assert outcome.outcome == "promoted", outcome
+    assert 800 <= outcome.seconds <= 1100, outcome

@@ -64,6 +64,20 @@ def test_detail_explains_the_rollout_and_its_checks() -> None:
     assert check_lines[1][:2] == ["latency", "inconclusive"] and "too few samples" in " ".join(check_lines[1])
 
 
+def test_detail_says_when_a_window_waits_for_requests() -> None:
+    assert "Window:" not in detail(body(ROLLING), NOW)
+    waiting = {
+        **ROLLING,
+        "canary": {
+            **ROLLING["canary"],
+            "analysisStartedAt": "2026-11-27T11:58:00Z",
+            "analysisEndsAt": "2026-11-27T12:09:00Z",
+        },
+    }
+    text = detail(body(waiting), NOW)
+    assert "  Window:   waits for requests, from 2026-11-27T11:58:00Z to 2026-11-27T12:09:00Z" in text
+
+
 def test_detail_shows_the_evidence_of_statistical_verdicts() -> None:
     statistical = {
         **ROLLING,

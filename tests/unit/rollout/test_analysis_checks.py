@@ -199,6 +199,8 @@ def test_too_few_samples_make_every_check_inconclusive() -> None:
     assert "too few samples: the canary served 12 of the 50 requests needed" in checks[0].message
     assert by_name(checks)["errorRate"].value == 0.5
     assert overall_verdict(checks) == "inconclusive"
+    # What the rollout needs to wait for more of them: every check names the requests it lacks.
+    assert {check.name: check.samples_needed for check in checks} == dict.fromkeys(verdicts(checks), 50.0)
 
 
 def test_too_few_stable_samples_leave_comparisons_without_verdict_but_absolute_bounds_decide() -> None:
@@ -209,6 +211,8 @@ def test_too_few_stable_samples_leave_comparisons_without_verdict_but_absolute_b
     assert "stable model served 3" in checks["latency"].message
     assert checks["errorRate"].verdict == "pass"  # absolute bound only
     assert checks["predictionShift"].verdict == "inconclusive"
+    needed = {name: check.samples_needed for name, check in checks.items()}
+    assert needed == {"samples": None, "errorRate": None, "latency": 50.0, "predictionShift": 50.0}
 
 
 @pytest.mark.parametrize(
@@ -249,6 +253,8 @@ def test_without_a_request_count_nothing_passes(answer: QueryResult) -> None:
     checks = evaluate(plan(), {**healthy(), "samples/canary": answer})
     assert set(verdicts(checks).values()) == {"inconclusive"}
     assert checks[0].message.startswith("the canary's requests could not be counted (")
+    # Uncounted is not too few: waiting for more requests would not help.
+    assert {check.samples_needed for check in checks} == {None}
 
 
 def test_prometheus_down_makes_the_whole_window_inconclusive_and_every_check_says_why() -> None:

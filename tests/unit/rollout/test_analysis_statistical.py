@@ -199,12 +199,14 @@ def test_an_exceeded_absolute_bound_fails_without_the_stable_model() -> None:
     healthy_errors = by_name(evaluate(plan(), {**healthy(), "samples/stable": one(3)}))["errorRate"]
     assert healthy_errors.verdict == "inconclusive"
     assert "stable model served 3" in healthy_errors.message
+    assert healthy_errors.samples_needed == 50
 
 
 def test_too_few_samples_are_inconclusive_never_pass() -> None:
     answers = {**healthy(), "samples/canary": one(12), "errorRate/errors/canary": one(12)}
     checks = evaluate(plan(), answers)
     assert set(verdicts(checks).values()) == {"inconclusive"}
+    assert {check.samples_needed for check in checks} == {50}
 
 
 @pytest.mark.parametrize(
