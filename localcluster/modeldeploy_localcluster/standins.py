@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -410,27 +409,49 @@ async def _send(
         report.count(name, 0)
 
 
+@dataclass
+class Rotation:
+    """Which target gets the next request (a weighted round robin with credits: exact shares without
+    randomness) and which payload each target gets next (every one in turn).
+
+    Kept across a load's rounds: when each one-second round started afresh, a canary with a tenth of
+    10 requests a second got the tenth request of every round, always the same iris row, and a good
+    model was rolled back for predicting one class only.
+    """
+
+    payloads: Sequence[Mapping[str, Any]]
+    credit: dict[str, float] = field(default_factory=dict)
+    sent: dict[str, int] = field(default_factory=dict)
+
+    def choose(self, weights: Mapping[str, float]) -> tuple[str, Mapping[str, Any]]:
+        total = sum(weights.values())
+        for gone in set(self.credit) - set(weights):
+            del self.credit[gone]
+        for name, weight in weights.items():
+            self.credit[name] = self.credit.get(name, 0.0) + weight / total
+        chosen = max(self.credit, key=self.credit.__getitem__)
+        self.credit[chosen] -= 1
+        turn = self.sent.get(chosen, 0)
+        self.sent[chosen] = turn + 1
+        return chosen, self.payloads[turn % len(self.payloads)]
+
+
 async def _load(
     targets: Mapping[str, tuple[str, float]],
-    payloads: Iterator[Mapping[str, Any]],
+    rotation: Rotation,
     rate: float,
     seconds: float,
 ) -> LoadReport:
     report = LoadReport()
-    total = sum(weight for _, weight in targets.values())
-    credit = dict.fromkeys(targets, 0.0)
+    weights = {name: weight for name, (_, weight) in targets.items()}
     async with httpx.AsyncClient(timeout=10) as client:
         pending: set[asyncio.Task[None]] = set()
         started = time.monotonic()
         ticks = 0
         while time.monotonic() - started < seconds:
             ticks += 1
-            # Weighted round robin with credits: exact shares without randomness.
-            for name, (_, weight) in targets.items():
-                credit[name] += weight / total
-            chosen = max(credit, key=lambda name: credit[name])
-            credit[chosen] -= 1
-            task = asyncio.create_task(_send(client, chosen, targets[chosen][0], next(payloads), report))
+            chosen, payload = rotation.choose(weights)
+            task = asyncio.create_task(_send(client, chosen, targets[chosen][0], payload, report))
             pending.add(task)
             task.add_done_callback(pending.discard)
             await asyncio.sleep(max(0.0, started + ticks / rate - time.monotonic()))
@@ -441,13 +462,14 @@ async def _load(
 
 def send_load(
     targets: Mapping[str, tuple[str, float]],
-    payloads: Sequence[Mapping[str, Any]],
+    payloads: Sequence[Mapping[str, Any]] | Rotation,
     rate: float,
     seconds: float,
 ) -> LoadReport:
     """`rate` requests a second for `seconds`, each target (name → (URL, weight)) its share.
 
-    The payloads are sent in turn. Only addresses on 127.0.0.1 are accepted.
+    Each target gets the payloads in turn; a `Rotation` carries the turns over from an earlier call.
+    Only addresses on 127.0.0.1 are accepted.
     """
     for url, _ in targets.values():
         if not url.startswith("http://127.0.0.1:"):
@@ -455,7 +477,8 @@ def send_load(
     if not targets or sum(weight for _, weight in targets.values()) <= 0:
         time.sleep(seconds)
         return LoadReport()
-    return asyncio.run(_load(targets, itertools.cycle(payloads), rate, seconds))
+    rotation = payloads if isinstance(payloads, Rotation) else Rotation(payloads)
+    return asyncio.run(_load(targets, rotation, rate, seconds))
 
 
 def canary_weight(status: Mapping[str, Any]) -> float:
@@ -478,7 +501,7 @@ class WeightedLoad:
     ) -> None:
         self.cluster = cluster
         self.stand_ins = stand_ins
-        self.payloads = payloads
+        self.rotation = Rotation(payloads)
         self.rate = rate
         self.report = LoadReport()
         self.last_weight = 0.0
@@ -509,7 +532,7 @@ class WeightedLoad:
                 targets["stable"] = (urls["stable"] + path, 100 - weight)
             if weight > 0 and "canary" in urls:
                 targets["canary"] = (urls["canary"] + path, weight)
-            self.report.add(send_load(targets, self.payloads, self.rate, seconds=1))
+            self.report.add(send_load(targets, self.rotation, self.rate, seconds=1))
 
     def start(self) -> None:
         self._thread.start()
