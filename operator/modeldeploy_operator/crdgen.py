@@ -10,6 +10,7 @@ into that form here rather than edited by hand.
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,9 @@ def _rewrite(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any
         elif key == "const":
             result["enum"] = [value]
         else:
-            result[key] = value
+            # A type used in two places (CheckResult in canary and history) must not share its lists,
+            # or YAML writes them as anchors.
+            result[key] = copy.deepcopy(value)
     additional = node.get("additionalProperties")
     if additional is True or additional == {}:
         result["x-kubernetes-preserve-unknown-fields"] = True

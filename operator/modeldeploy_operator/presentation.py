@@ -166,6 +166,14 @@ def detail(body: Mapping[str, Any], now: datetime) -> str:
         checks = canary.get("checks", [])
         if checks:
             lines += ["", *("  " + line for line in checks_table(checks).splitlines())]
+    history = status.get("history") or []
+    if not canary and history and history[0].get("checks"):
+        last = history[0]
+        lines.append(
+            f"  Last rollout: {_model(last)} {last.get('outcome', '')} ({last.get('reason', '')})"
+            f" {_age(last.get('finishedAt'), now)} ago, on these checks:"
+        )
+        lines += ["", *("  " + line for line in checks_table(last["checks"]).splitlines())]
     rejected = status.get("rejected")
     if rejected:
         lines.append(

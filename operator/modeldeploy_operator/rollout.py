@@ -636,8 +636,11 @@ class _Machine:
             started_at=canary.started_at or canary.step_started_at,
             finished_at=self.now,
             message=message,
+            checks=canary.checks or None,
         )
-        self.update(canary=None, history=[entry, *self.status.history][:HISTORY_LIMIT])
+        # The evidence of older rollouts goes, so that the status stays small.
+        older = [previous.model_copy(update={"checks": None}) for previous in self.status.history]
+        self.update(canary=None, history=[entry, *older][:HISTORY_LIMIT])
 
 
 def _summary(checks: Sequence[CheckResult], verdict: str) -> str:

@@ -916,6 +916,10 @@ class HistoryEntry(CamelModel):
     message: str = ""
     """Why it ended so, for people."""
 
+    checks: list[CheckResult] | None = Field(default=None, max_length=32)
+    """The checks of the rollout's last analysed window, as status.canary.checks held them when it ended
+    (the evidence of an analysis' verdict); kept on the newest entry only."""
+
 
 class PendingEvent(CamelModel):
     """An Event the operator decided on but has not yet been seen to post."""

@@ -64,6 +64,42 @@ def test_detail_explains_the_rollout_and_its_checks() -> None:
     assert check_lines[1][:2] == ["latency", "inconclusive"] and "too few samples" in " ".join(check_lines[1])
 
 
+def test_detail_shows_the_evidence_of_the_last_rollout_once_it_ended() -> None:
+    ended = {
+        "phase": "Ready",
+        "stable": {"uri": "s3://m/v1", "version": "1"},
+        "history": [
+            {
+                "uri": "s3://m/v2",
+                "version": "2",
+                "outcome": "rolledBack",
+                "reason": "AnalysisFailed",
+                "startedAt": "2026-11-27T11:50:00Z",
+                "finishedAt": "2026-11-27T11:57:00Z",
+                "checks": [
+                    {"name": "errorRate", "verdict": "fail", "value": 0.3, "baseline": 0.0, "samples": 90},
+                ],
+            },
+            {
+                "uri": "s3://m/v1",
+                "outcome": "promoted",
+                "startedAt": "2026-11-27T10:00:00Z",
+                "finishedAt": "2026-11-27T10:10:00Z",
+            },
+        ],
+    }
+    text = detail(body(ended), NOW)
+    assert "  Last rollout: s3://m/v2 (2) rolledBack (AnalysisFailed) 3m ago, on these checks:" in text
+    assert next(line.split()[:5] for line in text.splitlines() if line.strip().startswith("errorRate")) == [
+        "errorRate",
+        "fail",
+        "0.3",
+        "0",
+        "90",
+    ]
+    assert "Last rollout" not in detail(body(ROLLING), NOW)
+
+
 def test_detail_says_when_a_window_waits_for_requests() -> None:
     assert "Window:" not in detail(body(ROLLING), NOW)
     waiting = {

@@ -181,8 +181,22 @@ def test_a_failing_window_rolls_back_and_says_why() -> None:
     assert rejected.message == "Step 1 of 2 failed: errorRate: errorRate fail"
     (entry,) = decision.status.history
     assert (entry.outcome, entry.reason) == ("rolledBack", "AnalysisFailed")
+    # The deciding window's checks stay with the rollout they ended.
+    assert entry.checks == list(checks("fail"))
     assert target(spec, decision.status) == (V1, 4, None, 0, 0)
     assert events(decision.events) == [("Warning", "RolledBack")]
+
+
+def test_only_the_newest_history_entry_keeps_its_checks() -> None:
+    spec, status = started()
+    status = step(spec, status, T0 + 5 * MINUTE, "fail").status
+    status = step(make_spec(V3), status, T0 + 6 * MINUTE).status
+    status = step(make_spec(V3), status, T0 + 11 * MINUTE, "pass").status
+    status = step(make_spec(V3), status, T0 + 16 * MINUTE, "pass").status
+    newest, older = status.history
+    assert (newest.outcome, older.outcome) == ("promoted", "rolledBack")
+    assert newest.checks == list(checks("pass"))
+    assert older.checks is None
 
 
 def test_a_rejected_model_is_not_rolled_out_again_while_the_spec_names_it() -> None:
