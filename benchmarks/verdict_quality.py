@@ -6,8 +6,9 @@ Every rollout uses the default analysis settings, steps [10, 50], ten pods (the 
 splits exactly at the steps' weights) and a stable model that has served for an hour. Printed per
 scenario and window: the share of rollouts rolled back and promoted, and the median time from the
 rollout's start to its end. For a good model a rollback is a false rollback; for a bad one a promotion
-is a missed regression. With `spec.rollout.analysis.method` in the spec, every method it allows is
-run on the same seeds (the same simulated traffic and requests).
+is a missed regression. Every analysis method the spec allows (`spec.rollout.analysis.method`), each with
+windows that restart and windows that wait for samples (`spec.rollout.waitForSamples`), is run on the
+same seeds (the same simulated traffic and requests).
 
     .venv/bin/python benchmarks/verdict_quality.py [--rollouts 500] [--method NAME ...] [--scenario NAME ...]
 
@@ -18,19 +19,36 @@ known to about ±1.3 points, 50 % to ±4.5).
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 import typing
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from verdict_simulation import Behaviour, Latency, Outcome, UnknownQuery, rollout_spec, simulate_rollout
+from verdict_simulation import (
+    REPLICAS,
+    Behaviour,
+    Latency,
+    Outcome,
+    UnknownQuery,
+    rollout_settings,
+    rollout_spec,
+    simulate_rollout,
+)
 
-from modeldeploy_operator.spec import Analysis
+from modeldeploy_operator.spec import Analysis, Rollout
+
+if TYPE_CHECKING:
+    from canary_rollouts import Bench
 
 Truth = Literal["good", "bad"]
 
@@ -114,8 +132,36 @@ def methods() -> list[str | None]:
 
 
 @dataclass(frozen=True)
+class Rules:
+    """One way of judging a rollout: an analysis method, and whether a window short of requests waits
+    for more (spec.rollout.waitForSamples) or is analysed again from scratch."""
+
+    method: str | None
+    waits: bool | None
+
+    @property
+    def name(self) -> str:
+        method = self.method or "today's"
+        if self.waits is None:
+            return method
+        return f"{method}, {'windows wait' if self.waits else 'windows restart'}"
+
+    def analysis(self) -> dict[str, Any]:
+        return {} if self.method is None else {"method": self.method}
+
+    def rollout(self) -> dict[str, Any]:
+        return {} if self.waits is None else {"waitForSamples": self.waits}
+
+
+def every_rules(chosen_methods: Sequence[str | None]) -> list[Rules]:
+    """Each method with windows that restart and windows that wait, where the spec offers the choice."""
+    waits: list[bool | None] = [False, True] if "wait_for_samples" in Rollout.model_fields else [None]
+    return [Rules(method, wait) for method in chosen_methods for wait in waits]
+
+
+@dataclass(frozen=True)
 class Cell:
-    """The rollouts of one scenario with one window length and one method."""
+    """The rollouts of one scenario with one window length and one of the rules."""
 
     rolled_back: float
     promoted: float
@@ -125,25 +171,40 @@ class Cell:
     problem: str = ""
 
 
-def run_cell(scenario: Scenario, index: int, window: int, method: str | None, rollouts: int) -> Cell:
-    spec = rollout_spec(window, {} if method is None else {"method": method})
-    outcomes: list[Outcome] = []
-    for rollout in range(rollouts):
-        # The same seed for every method: the same traffic, failures and latencies.
-        rng = np.random.default_rng([index, window, rollout])
-        stable, canary = scenario.behaviours(rng)
-        try:
-            outcomes.append(simulate_rollout(spec, stable, canary, scenario.requests_per_second, rng))
-        except UnknownQuery as error:
-            return Cell(0, 0, 0, problem=str(error))
+def summarise(outcomes: Sequence[Outcome]) -> Cell:
+    """The shares of rollbacks and promotions, the median time, the checks to blame."""
     return Cell(
-        rolled_back=sum(outcome.outcome == "rolledBack" for outcome in outcomes) / rollouts,
-        promoted=sum(outcome.outcome == "promoted" for outcome in outcomes) / rollouts,
+        rolled_back=sum(outcome.outcome == "rolledBack" for outcome in outcomes) / len(outcomes),
+        promoted=sum(outcome.outcome == "promoted" for outcome in outcomes) / len(outcomes),
         median_seconds=statistics.median(outcome.seconds for outcome in outcomes),
         blamed=Counter(
             name for outcome in outcomes if outcome.outcome == "rolledBack" for name in outcome.blamed
         ),
     )
+
+
+def run_cell(
+    scenario: Scenario,
+    index: int,
+    window: int,
+    rules: Rules,
+    rollouts: int,
+    scrape_seconds: float | None = None,
+) -> Cell:
+    spec = rollout_spec(window, rules.analysis(), **rules.rollout())
+    outcomes: list[Outcome] = []
+    extra: dict[str, Any] = {} if scrape_seconds is None else {"scrape_seconds": scrape_seconds}
+    for rollout in range(rollouts):
+        # The same seed for all rules: the same traffic, failures and latencies.
+        rng = np.random.default_rng([index, window, rollout])
+        stable, canary = scenario.behaviours(rng)
+        try:
+            outcomes.append(
+                simulate_rollout(spec, stable, canary, scenario.requests_per_second, rng, **extra)
+            )
+        except UnknownQuery as error:
+            return Cell(0, 0, 0, problem=str(error))
+    return summarise(outcomes)
 
 
 def _describe(cell: Cell) -> str:
@@ -160,7 +221,7 @@ def _causes(cell: Cell) -> str:
 
 
 def table(rows: Sequence[tuple[Scenario, str, dict[int, Cell]]]) -> str:
-    """A Markdown table: scenario, truth, method, then rolled back / promoted / median time per window."""
+    """A Markdown table: scenario, truth, rules, then rolled back / promoted / median time per window."""
     header = "| scenario | truth | rules | " + " | ".join(
         f"{window // 60}-min windows: rolled back / promoted / median time" for window in WINDOWS
     )
@@ -170,6 +231,119 @@ def table(rows: Sequence[tuple[Scenario, str, dict[int, Cell]]]) -> str:
         values = " | ".join(_describe(cells[window]) for window in WINDOWS)
         causes = "; ".join(_causes(cells[window]) for window in WINDOWS)
         lines.append(f"| {scenario.name} | {scenario.truth} | {rules} | {values} | {causes} |")
+    return "\n".join(lines)
+
+
+# Replayed for real: the iris models of `modeldeploy_localcluster.iris_models` served by real server
+# processes, Prometheus scraping them every second (`standins.SCRAPE_INTERVAL_SECONDS`), the operator
+# deciding; 10 requests a second cycling through one row of each class. Next to each, the simulation of
+# the same behaviour with the same scrape interval.
+REAL_WINDOW = 60
+REAL_SCRAPE_SECONDS = 1.0
+SIMULATED_BESIDE_REAL = 200
+_IRIS = Behaviour(0.0, Latency(0.003), (1 / 3, 1 / 3, 1 / 3))
+REAL_SCENARIOS: tuple[tuple[str, Scenario], ...] = (
+    ("v1-retrained", Scenario("good retrain (iris)", "good", _IRIS, stable=_IRIS)),
+    (
+        # Every request with a row of the lost class fails inside the model: a third of them.
+        "v2-lost-a-class",
+        Scenario(
+            "one class lost, its requests fail (iris)",
+            "bad",
+            replace(_IRIS, error_rate=1 / 3, classes=(0.5, 0.5, 0.0)),
+            stable=_IRIS,
+        ),
+    ),
+)
+
+
+def _real_bench(cluster: Any, workdir: Path, rules: Rules) -> Bench:
+    """canary_rollouts' bench (cluster, operator, Prometheus, stand-ins, load) with this benchmark's
+    rollouts: the default settings, steps [10, 50], 1-minute windows, 10 requests a second."""
+    from canary_rollouts import NAME, NAMESPACE, Bench
+
+    from modeldeploy_localcluster.iris_models import v2_inference_payloads
+    from modeldeploy_localcluster.standins import WeightedLoad
+
+    class RealBench(Bench):
+        def apply(self, model: str) -> None:
+            self.versions += 1
+            copy = self.workdir / "rollouts" / f"{model}-{self.versions}"
+            shutil.copytree(self.models[model], copy)
+            analysis: dict[str, Any] = {"prometheusAddress": self.prometheus.url, **rules.analysis()}
+            manifest = {
+                "apiVersion": "modeldeploy.io/v1alpha1",
+                "kind": "ModelDeployment",
+                "metadata": {"name": NAME, "namespace": NAMESPACE},
+                "spec": {
+                    "model": {"uri": copy.as_uri(), "format": "sklearn", "version": str(self.versions)},
+                    "replicas": REPLICAS,
+                    "rollout": rollout_settings(REAL_WINDOW, analysis, **rules.rollout()),
+                },
+            }
+            self.cluster.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
+
+    bench = RealBench(cluster, workdir, REAL_WINDOW)
+    bench.load = WeightedLoad(cluster, bench.stand_ins, v2_inference_payloads(), REQUESTS_PER_SECOND)
+    return bench
+
+
+def _real_rollout(bench: Bench, model: str) -> Outcome:
+    bench.apply(model)
+    bench.wait(lambda: "canary" in bench.status(), "the rollout to start")
+    bench.wait(lambda: "canary" not in bench.status(), "the rollout to end", timeout=1800)
+    entry = bench.status()["history"][0]
+    # The stand-ins follow the outcome before the next rollout starts.
+    bench.wait(lambda: bench.stand_ins.running_version("canary") is None, "the canary process to stop")
+    started, finished = (datetime.fromisoformat(entry[key]) for key in ("startedAt", "finishedAt"))
+    print(f"[real] {entry['outcome']}: {entry.get('message', '')}", file=sys.stderr, flush=True)
+    return Outcome(entry["outcome"], entry.get("reason", ""), (finished - started).total_seconds())
+
+
+def replay_for_real(
+    rollouts: int, chosen: Sequence[Rules], wanted: Sequence[str] | None = None
+) -> list[tuple[Scenario, Rules, Cell]]:
+    """`rollouts` real rollouts of each real scenario (those whose name contains one of `wanted`, if
+    given) with each of the rules, 1-minute windows."""
+    from modeldeploy_localcluster.cluster import LocalCluster
+
+    def say(message: str) -> None:
+        print(f"[real] {message}", file=sys.stderr, flush=True)
+
+    rows = []
+    for rules in chosen:
+        with tempfile.TemporaryDirectory(prefix="modeldeploy-verdicts-") as temporary:
+            workdir = Path(temporary)
+            with LocalCluster(workdir=workdir / "cluster", progress=say) as cluster:
+                bench = _real_bench(cluster, workdir, rules)
+                with bench:
+                    bench.deploy_stable()
+                    for model, scenario in REAL_SCENARIOS:
+                        if wanted and not any(part in scenario.name for part in wanted):
+                            continue
+                        outcomes = []
+                        for number in range(rollouts):
+                            outcomes.append(_real_rollout(bench, model))
+                            say(f"{scenario.name}, {rules.name}, {number + 1}: {outcomes[-1]}")
+                        rows.append((scenario, rules, summarise(outcomes)))
+    return rows
+
+
+def real_table(real: Sequence[tuple[Scenario, Rules, Cell]], rollouts: int) -> str:
+    """The real rollouts beside the simulation of the same scenarios (1-second scrapes)."""
+    lines = [
+        f"| scenario | truth | rules | real ({rollouts} a row): rolled back / promoted / median time"
+        f" | simulated ({SIMULATED_BESIDE_REAL}): rolled back / promoted / median time |",
+        "|---|---|---|---|---|",
+    ]
+    for scenario, rules, cell in real:
+        index = next(number for number, (_, known) in enumerate(REAL_SCENARIOS) if known is scenario)
+        simulated = run_cell(
+            scenario, 100 + index, REAL_WINDOW, rules, SIMULATED_BESIDE_REAL, REAL_SCRAPE_SECONDS
+        )
+        lines.append(
+            f"| {scenario.name} | {scenario.truth} | {rules.name} | {_describe(cell)} | {_describe(simulated)} |"
+        )
     return "\n".join(lines)
 
 
@@ -186,19 +360,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="spec.rollout.analysis.method to run (repeatable; default: every one the spec offers)",
     )
     parser.add_argument("--scenario", action="append", help="run only scenarios whose name contains this")
+    parser.add_argument(
+        "--real",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also replay each iris scenario N times for real (local cluster, Prometheus, server processes)",
+    )
     args = parser.parse_args(argv)
-    chosen: list[str | None] = args.method or available
+    chosen = every_rules(args.method or available)
+    if args.real:
+        real = replay_for_real(args.real, chosen, args.scenario)
+        print(real_table(real, args.real))
     rows: list[tuple[Scenario, str, dict[int, Cell]]] = []
     problems: set[str] = set()
     started = time.perf_counter()
     for index, scenario in enumerate(SCENARIOS):
         if args.scenario and not any(part in scenario.name for part in args.scenario):
             continue
-        for method in chosen:
-            cells = {window: run_cell(scenario, index, window, method, args.rollouts) for window in WINDOWS}
+        for rules in chosen:
+            cells = {window: run_cell(scenario, index, window, rules, args.rollouts) for window in WINDOWS}
             problems.update(cell.problem for cell in cells.values() if cell.problem)
-            rows.append((scenario, method or "today's", cells))
-            print(f"  {scenario.name}, {method or 'today'}: done", file=sys.stderr, flush=True)
+            rows.append((scenario, rules.name, cells))
+            print(f"  {scenario.name}, {rules.name}: done", file=sys.stderr, flush=True)
     print(table(rows))
     for problem in sorted(problems):
         print(f"not simulated: {problem}")
