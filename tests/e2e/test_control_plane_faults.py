@@ -100,11 +100,19 @@ def leads(operator: OperatorProcess) -> bool:
     return metric_total(operator.metrics(), "modeldeploy_operator_leader") == 1
 
 
-def stable_replicas(cluster: LocalCluster, namespace: str) -> int:
+def stable_replicas(cluster: LocalCluster, namespace: str) -> int | None:
+    """The stable Deployment's replicas, None before the operator has created it."""
     found = cluster.kubectl(
-        "get", "deployment", "iris-stable", "-n", namespace, "-o", "jsonpath={.spec.replicas}"
+        "get",
+        "deployment",
+        "iris-stable",
+        "-n",
+        namespace,
+        "--ignore-not-found",
+        "-o",
+        "jsonpath={.spec.replicas}",
     )
-    return int(found)
+    return int(found) if found.strip() else None
 
 
 def reconcile_failed(status: dict[str, object]) -> list[object]:
