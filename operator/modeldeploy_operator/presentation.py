@@ -134,6 +134,11 @@ def checks_table(checks: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+def _indented_checks(checks: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The checks table under a blank line, indented into `detail`."""
+    return ["", *("  " + line for line in checks_table(checks).splitlines())]
+
+
 def detail(body: Mapping[str, Any], now: datetime) -> str:
     """Everything a person needs to know about one ModelDeployment and its rollout."""
     metadata, status = body["metadata"], body.get("status", {})
@@ -165,7 +170,7 @@ def detail(body: Mapping[str, Any], now: datetime) -> str:
             )
         checks = canary.get("checks", [])
         if checks:
-            lines += ["", *("  " + line for line in checks_table(checks).splitlines())]
+            lines += _indented_checks(checks)
     history = status.get("history") or []
     if not canary and history and history[0].get("checks"):
         last = history[0]
@@ -173,7 +178,7 @@ def detail(body: Mapping[str, Any], now: datetime) -> str:
             f"  Last rollout: {_model(last)} {last.get('outcome', '')} ({last.get('reason', '')})"
             f" {_age(last.get('finishedAt'), now)} ago, on these checks:"
         )
-        lines += ["", *("  " + line for line in checks_table(last["checks"]).splitlines())]
+        lines += _indented_checks(last["checks"])
     rejected = status.get("rejected")
     if rejected:
         lines.append(

@@ -212,16 +212,16 @@ def analysis_window(
     canary = status.canary
     if canary is None or canary.paused_at is not None:
         return None
-    start = canary.analysis_started_at or canary.step_started_at
-    end = _window_end(spec, canary)
+    start, end = _window_span(spec, canary)
     if now < end:
         return None
     return AnalysisWindow(revision=canary.revision, step=canary.step, start=start, end=end)
 
 
-def _window_end(spec: ModelDeploymentSpec, canary: CanaryStatus) -> datetime:
+def _window_span(spec: ModelDeploymentSpec, canary: CanaryStatus) -> tuple[datetime, datetime]:
+    """The current analysis window's start and end, as the canary's status records them."""
     start = canary.analysis_started_at or canary.step_started_at
-    return canary.analysis_ends_at or start + _step_duration(spec)
+    return start, canary.analysis_ends_at or start + _step_duration(spec)
 
 
 def next_analysis_at(spec: ModelDeploymentSpec, status: ModelDeploymentStatus) -> datetime | None:
@@ -233,7 +233,7 @@ def next_analysis_at(spec: ModelDeploymentSpec, status: ModelDeploymentStatus) -
     canary = status.canary
     if canary is None or canary.paused_at is not None:
         return None
-    return _window_end(spec, canary)
+    return _window_span(spec, canary)[1]
 
 
 def extended_window_end(
