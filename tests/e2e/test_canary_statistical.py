@@ -97,9 +97,11 @@ def test_a_good_model_is_promoted_and_a_failing_one_rolled_back_on_evidence(
     assert rejected["rejected"]["version"] == "v3"
     # The window that decides clears status.canary in the same write; its evidence is in the history.
     entry = rejected["history"][0]
-    assert "errorRate: canary" in entry["message"], entry["message"]
     errors = next(check for check in entry["checks"] if check["name"] == "errorRate")
     assert errors["verdict"] == "fail", brief(errors)
+    # The message tells the same evidence for people: the deciding test and its p-value.
+    assert "errorRate: canary" in entry["message"], entry["message"]
+    assert f"({errors['test']} p=" in entry["message"], entry["message"]
     # The exact test against the stable model's failures, with the excess it measured.
     assert errors["test"] in {"conditional-binomial", "exact-binomial"}, errors
     assert errors["samples"] >= 20 and errors["stableSamples"] >= 20, errors
