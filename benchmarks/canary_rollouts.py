@@ -112,7 +112,13 @@ class Watcher:
 
 
 class Bench:
-    def __init__(self, cluster: LocalCluster, workdir: Path, step_seconds: int) -> None:
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        workdir: Path,
+        step_seconds: int,
+        requests_per_second: float = REQUESTS_PER_SECOND,
+    ) -> None:
         self.cluster = cluster
         self.workdir = workdir
         self.step_seconds = step_seconds
@@ -120,7 +126,7 @@ class Bench:
         self.prometheus = PrometheusProcess(workdir / "prometheus")
         self.operator = LocalOperator(cluster, workdir / "operator.log", "registry.invalid/server:bench")
         self.stand_ins = ServerStandIns(cluster, NAMESPACE, NAME, self.prometheus, workdir / "stand-ins")
-        self.load = WeightedLoad(cluster, self.stand_ins, v2_inference_payloads(), REQUESTS_PER_SECOND)
+        self.load = WeightedLoad(cluster, self.stand_ins, v2_inference_payloads(), requests_per_second)
         self.versions = 0
         self.last_rollout_writes: dict[str, float] = {}
 
@@ -147,12 +153,11 @@ class Bench:
         self.versions += 1
         copy = self.workdir / "rollouts" / f"{model}-{self.versions}"
         shutil.copytree(self.models[model], copy)
-        self.cluster.kubectl(
-            "apply",
-            "-f",
-            "-",
-            input_text=manifest(copy, f"{self.versions}", self.prometheus, self.step_seconds),
-        )
+        self.cluster.kubectl("apply", "-f", "-", input_text=self.manifest(copy, f"{self.versions}"))
+
+    def manifest(self, model_dir: Path, version: str) -> str:
+        """The ModelDeployment of one rollout; a benchmark with other rollout settings overrides it."""
+        return manifest(model_dir, version, self.prometheus, self.step_seconds)
 
     def status(self) -> dict[str, Any]:
         return self.load.status()

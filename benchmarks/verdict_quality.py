@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 import tempfile
@@ -262,30 +261,23 @@ def _real_bench(cluster: Any, workdir: Path, rules: Rules) -> Bench:
     rollouts: the default settings, steps [10, 50], 1-minute windows, 10 requests a second."""
     from canary_rollouts import NAME, NAMESPACE, Bench
 
-    from modeldeploy_localcluster.iris_models import v2_inference_payloads
-    from modeldeploy_localcluster.standins import WeightedLoad
-
     class RealBench(Bench):
-        def apply(self, model: str) -> None:
-            self.versions += 1
-            copy = self.workdir / "rollouts" / f"{model}-{self.versions}"
-            shutil.copytree(self.models[model], copy)
+        def manifest(self, model_dir: Path, version: str) -> str:
             analysis: dict[str, Any] = {"prometheusAddress": self.prometheus.url, **rules.analysis()}
-            manifest = {
-                "apiVersion": "modeldeploy.io/v1alpha1",
-                "kind": "ModelDeployment",
-                "metadata": {"name": NAME, "namespace": NAMESPACE},
-                "spec": {
-                    "model": {"uri": copy.as_uri(), "format": "sklearn", "version": str(self.versions)},
-                    "replicas": REPLICAS,
-                    "rollout": rollout_settings(REAL_WINDOW, analysis, **rules.rollout()),
-                },
-            }
-            self.cluster.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
+            return json.dumps(
+                {
+                    "apiVersion": "modeldeploy.io/v1alpha1",
+                    "kind": "ModelDeployment",
+                    "metadata": {"name": NAME, "namespace": NAMESPACE},
+                    "spec": {
+                        "model": {"uri": model_dir.as_uri(), "format": "sklearn", "version": version},
+                        "replicas": REPLICAS,
+                        "rollout": rollout_settings(REAL_WINDOW, analysis, **rules.rollout()),
+                    },
+                }
+            )
 
-    bench = RealBench(cluster, workdir, REAL_WINDOW)
-    bench.load = WeightedLoad(cluster, bench.stand_ins, v2_inference_payloads(), REQUESTS_PER_SECOND)
-    return bench
+    return RealBench(cluster, workdir, REAL_WINDOW, REQUESTS_PER_SECOND)
 
 
 def _real_rollout(bench: Bench, model: str) -> Outcome:
