@@ -46,7 +46,8 @@ STEPS = [25, 50]
 REQUESTS_PER_SECOND = 30
 
 
-def manifest(model_dir: Path, version: str, prometheus: PrometheusProcess, step_seconds: int) -> str:
+def model_deployment(model_dir: Path, version: str, replicas: int, rollout: dict[str, Any]) -> str:
+    """The benchmarks' iris ModelDeployment serving `model_dir` as `version`, with spec.rollout `rollout`."""
     return json.dumps(
         {
             "apiVersion": "modeldeploy.io/v1alpha1",
@@ -54,21 +55,30 @@ def manifest(model_dir: Path, version: str, prometheus: PrometheusProcess, step_
             "metadata": {"name": NAME, "namespace": NAMESPACE},
             "spec": {
                 "model": {"uri": model_dir.as_uri(), "format": "sklearn", "version": version},
-                "replicas": 4,
-                "rollout": {
-                    "steps": STEPS,
-                    "stepDuration": f"{step_seconds}s",
-                    "progressDeadline": "5m",
-                    "analysis": {
-                        "prometheusAddress": prometheus.url,
-                        "minSamples": 20,
-                        "errorRate": {"maxRatio": 0.05},
-                        "latency": {"maxSeconds": 2.0, "maxIncreaseRatio": 1000},
-                        "predictionShift": {"maxShift": 0.2},
-                    },
-                },
+                "replicas": replicas,
+                "rollout": rollout,
             },
         }
+    )
+
+
+def manifest(model_dir: Path, version: str, prometheus: PrometheusProcess, step_seconds: int) -> str:
+    return model_deployment(
+        model_dir,
+        version,
+        4,
+        {
+            "steps": STEPS,
+            "stepDuration": f"{step_seconds}s",
+            "progressDeadline": "5m",
+            "analysis": {
+                "prometheusAddress": prometheus.url,
+                "minSamples": 20,
+                "errorRate": {"maxRatio": 0.05},
+                "latency": {"maxSeconds": 2.0, "maxIncreaseRatio": 1000},
+                "predictionShift": {"maxShift": 0.2},
+            },
+        },
     )
 
 

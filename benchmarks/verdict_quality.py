@@ -19,7 +19,6 @@ known to about ±1.3 points, 50 % to ±4.5).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -259,23 +258,13 @@ REAL_SCENARIOS: tuple[tuple[str, Scenario], ...] = (
 def _real_bench(cluster: Any, workdir: Path, rules: Rules) -> Bench:
     """canary_rollouts' bench (cluster, operator, Prometheus, stand-ins, load) with this benchmark's
     rollouts: the default settings, steps [10, 50], 1-minute windows, 10 requests a second."""
-    from canary_rollouts import NAME, NAMESPACE, Bench
+    from canary_rollouts import Bench, model_deployment
 
     class RealBench(Bench):
         def manifest(self, model_dir: Path, version: str) -> str:
             analysis: dict[str, Any] = {"prometheusAddress": self.prometheus.url, **rules.analysis()}
-            return json.dumps(
-                {
-                    "apiVersion": "modeldeploy.io/v1alpha1",
-                    "kind": "ModelDeployment",
-                    "metadata": {"name": NAME, "namespace": NAMESPACE},
-                    "spec": {
-                        "model": {"uri": model_dir.as_uri(), "format": "sklearn", "version": version},
-                        "replicas": REPLICAS,
-                        "rollout": rollout_settings(REAL_WINDOW, analysis, **rules.rollout()),
-                    },
-                }
-            )
+            rollout = rollout_settings(REAL_WINDOW, analysis, **rules.rollout())
+            return model_deployment(model_dir, version, REPLICAS, rollout)
 
     return RealBench(cluster, workdir, REAL_WINDOW, REQUESTS_PER_SECOND)
 
